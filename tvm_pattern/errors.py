@@ -1,0 +1,17 @@
+"""Exceptions with messages that name what was wrong."""
+
+
+class TvmPatternError(ValueError):
+    """Base class: bad input to tvm-pattern."""
+
+
+class PatternError(TvmPatternError):
+    """A pattern, pattern library or mask that does not fit the rules."""
+
+
+class ModelError(TvmPatternError):
+    """A model that cannot be pruned or compiled as asked."""
+
+
+class DatasetNotFoundError(TvmPatternError, FileNotFoundError):
+    """The dataset files are not where we looked."""
