@@ -1,0 +1,165 @@
+"""The ``tvm-pattern`` command line: prune, demo (and the compiler commands as they land)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+from .errors import TvmPatternError
+from .library import candidate_patterns
+
+DATASETS = ("fashion-mnist",)
+
+
+def parse_connectivity(text: str) -> float | dict[str, float | None] | None:
+    """``3.6``, ``none``, or per layer ``features.3=3.6,features.7=none``."""
+
+    def one(value: str) -> float | None:
+        if value.strip().lower() in ("none", "off"):
+            return None
+        try:
+            return float(value)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"connectivity must be a number >= 1 or 'none', got {value!r}") from None
+
+    if "=" not in text:
+        return one(text)
+    pairs = [item.split("=", 1) for item in text.split(",") if item]
+    return {name.strip(): one(value) for name, value in pairs}
+
+
+def add_prune_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default="vgg-small", help="model to train and prune (default: vgg-small)")
+    p.add_argument("--dataset", default="fashion-mnist", choices=DATASETS)
+    p.add_argument("--data", help="dataset folder (default: $TVM_PATTERN_DATA or /usr/share/datasets/fashion-mnist)")
+    p.add_argument("--patterns", type=int, default=8, help="pattern library size K (4, 6, 8, 12; default 8)")
+    p.add_argument("--taps", type=int, default=4, help="entries each pattern keeps, centre included (default 4)")
+    p.add_argument(
+        "--connectivity", type=parse_connectivity, default=3.6,
+        help="keep 1/alpha of each layer's kernels: alpha (default 3.6), 'none', or name=alpha,...",
+    )  # fmt: skip
+    p.add_argument("--dense-epochs", type=float, default=5.0, help="epochs to train the dense model (default 5)")
+    p.add_argument("--admm-epochs", type=float, default=1.0, help="ADMM epochs per stage (default 1)")
+    p.add_argument("--retrain-epochs", type=float, default=2.0, help="masked retraining epochs per stage (default 2)")
+    p.add_argument("--prune-first", action="store_true", help="prune the first conv too (dense by default)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-cache", action="store_true", help="retrain the dense model even if cached")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="tvm-pattern", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("prune", help="train (or load) a dense CNN, then pattern + connectivity prune it")
+    add_prune_options(p)
+    p.add_argument("--out", required=True, help="output folder: patterns.json, masks.pt, model.onnx, patterns.png, ...")
+    p.set_defaults(func=cmd_prune)
+
+    p = sub.add_parser("demo", help="the main job: prune the demo CNN on Fashion-MNIST and show the results")
+    add_prune_options(p)
+    p.add_argument("--out", default="runs/demo", help="output folder (default runs/demo)")
+    p.set_defaults(func=cmd_demo)
+    return parser
+
+
+def validate_prune_args(args: argparse.Namespace) -> None:
+    """Fail on bad input before any training, so nothing is half-done."""
+    from . import data, models
+    from .projection import kept_kernels
+    from .sparsifier import conv_eligibility
+
+    candidates = len(candidate_patterns(args.taps))
+    if not 1 <= args.patterns <= candidates:
+        raise TvmPatternError(
+            f"--patterns {args.patterns}: only {candidates} candidate patterns of {args.taps} taps exist"
+        )
+    alphas = args.connectivity.values() if isinstance(args.connectivity, dict) else [args.connectivity]
+    for alpha in alphas:
+        if alpha is not None:
+            kept_kernels(1000, alpha)
+    eligible = conv_eligibility(models.build(args.model), skip_first=not args.prune_first)
+    if all(why is not None for why in eligible.values()):
+        raise TvmPatternError(f"model {args.model!r} has no prunable 3x3 convolution: {eligible}")
+    data.data_dir(args.data)
+
+
+def run_prune(args: argparse.Namespace) -> dict:
+    """The shared body of ``prune`` and ``demo``: returns the report it wrote."""
+    import torch
+
+    from . import artifacts, checkpoints, data
+    from .pruning import PruneConfig, prune
+
+    validate_prune_args(args)
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    started = time.time()
+    train_split, test_split = data.load("train", args.data), data.load("test", args.data)
+    dense = checkpoints.dense_model(
+        args.model, train_split, test_split, args.dense_epochs, seed=args.seed,
+        use_cache=not args.no_cache, progress=not args.quiet,
+    )  # fmt: skip
+    config = PruneConfig(
+        patterns=args.patterns, taps=args.taps, connectivity=args.connectivity,
+        admm_epochs=args.admm_epochs, retrain_epochs=args.retrain_epochs,
+        skip_first=not args.prune_first, seed=args.seed,
+    )  # fmt: skip
+    result = prune(dense, train_split, test_split, config, progress=not args.quiet)
+    report = {
+        "model": args.model,
+        "dataset": args.dataset,
+        "dense_accuracy": result.dense_accuracy,
+        "pattern_accuracy": result.pattern_accuracy,
+        "final_accuracy": result.final_accuracy,
+        "patterns": result.library.k,
+        "taps": result.library.n,
+        "connectivity": args.connectivity,
+        "layers": result.layers,
+        "seconds": round(time.time() - started, 1),
+    }
+    example = torch.from_numpy(test_split.images[:1])
+    out = artifacts.save_prune_outputs(args.out, result.model, example, result.library, result.masks, report)
+    print_report(report, out)
+    return report
+
+
+def print_report(report: dict, out: Path) -> None:
+    dense = report["dense_accuracy"]
+    print("\n  stage                      accuracy   vs dense")
+    for label, key in (("dense", "dense_accuracy"), ("patterns", "pattern_accuracy"),
+                       ("patterns + connectivity", "final_accuracy")):  # fmt: skip
+        value = report[key]
+        delta = "" if key == "dense_accuracy" else f"{100 * (value - dense):+.2f} pts"
+        print(f"  {label:<25} {100 * value:7.2f}%   {delta}")
+    print("\n  conv                  kept / total kernels   pruned")
+    for layer in report["layers"]:
+        note = "yes" if layer["pruned"] else f"no ({layer.get('reason', '')})"
+        print(f"  {layer['name']:<20} {layer['kept_kernels']:>6} / {layer['total_kernels']:<6}        {note}")
+    print(f"\n  outputs in {out}/ (patterns.json, masks.pt, model.onnx, patterns.png, report.json)")
+
+
+def cmd_prune(args: argparse.Namespace) -> int:
+    run_prune(args)
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    started = time.time()
+    run_prune(args)
+    print(f"\ndemo finished in {time.time() - started:.0f} s")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except TvmPatternError as err:
+        print(f"tvm-pattern {args.command}: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -57,7 +57,8 @@ class PatternLibrary:
     """A set of ``k`` patterns of ``n`` entries, with how often each was seen."""
 
     patterns: np.ndarray  # (k, 3, 3) bool
-    counts: tuple[int, ...] = ()
+    counts: tuple[int, ...] = ()  # per pattern, how many kernels it fitted best
+    seen: int = 0  # how many kernels were counted
 
     def __post_init__(self) -> None:
         p = np.asarray(self.patterns, dtype=bool)
@@ -82,7 +83,7 @@ class PatternLibrary:
 
     def taps(self) -> list[list[tuple[int, int]]]:
         """Per pattern, its kept (row, col) offsets in row-major order."""
-        return [[(int(r), int(c)) for r, c in zip(*np.nonzero(p))] for p in self.patterns]
+        return [[(int(r), int(c)) for r, c in zip(*np.nonzero(p), strict=True)] for p in self.patterns]
 
     def index_of(self, mask: np.ndarray) -> int:
         """Id of the pattern equal to a 3x3 boolean ``mask``, or -1 if none is."""
@@ -94,13 +95,15 @@ class PatternLibrary:
         """The ``k`` most frequent best-fitting ``n``-entry patterns of ``kernels`` (N, 3, 3)."""
         candidates = candidate_patterns(n)
         if not 1 <= k <= len(candidates):
-            raise PatternError(f"k={k} patterns requested, but only {len(candidates)} candidates of n={n} entries exist")
+            raise PatternError(
+                f"k={k} patterns requested, but only {len(candidates)} candidates of n={n} entries exist"
+            )
         kernels = np.asarray(kernels, dtype=np.float32)
         if kernels.ndim != 3 or kernels.shape[1:] != (KERNEL, KERNEL) or len(kernels) == 0:
             raise PatternError(f"kernels must have shape (N, 3, 3) with N >= 1, got {kernels.shape}")
         counts = np.bincount(best_fit(kernels, candidates), minlength=len(candidates))
         order = np.argsort(-counts, kind="stable")[:k]
-        return cls(candidates[order], tuple(int(c) for c in counts[order]))
+        return cls(candidates[order], tuple(int(c) for c in counts[order]), len(kernels))
 
     def to_json(self) -> dict:
         return {
@@ -110,6 +113,7 @@ class PatternLibrary:
             "k": self.k,
             "patterns": [p.astype(int).tolist() for p in self.patterns],
             "counts": list(self.counts),
+            "seen": self.seen,
         }
 
     @classmethod
@@ -118,7 +122,7 @@ class PatternLibrary:
             patterns = np.array(data["patterns"], dtype=bool)
         except (KeyError, TypeError, ValueError) as err:
             raise PatternError(f"not a pattern library: {err}") from err
-        return cls(patterns, tuple(data.get("counts", ())))
+        return cls(patterns, tuple(data.get("counts", ())), int(data.get("seen", 0)))
 
     def save(self, path: str | os.PathLike) -> None:
         """Write ``patterns.json`` atomically (temporary file, then rename)."""
