@@ -94,7 +94,6 @@ def run_prune(args: argparse.Namespace) -> dict:
     from .pruning import PruneConfig, prune
 
     validate_prune_args(args)
-    torch.set_num_threads(max(1, torch.get_num_threads()))
     started = time.time()
     train_split, test_split = data.load("train", args.data), data.load("test", args.data)
     dense = checkpoints.dense_model(

@@ -1,21 +1,23 @@
-"""Pictures people would rather look at than read (matplotlib, no display needed)."""
+"""Pictures people would rather look at than read.
+
+Built on ``matplotlib.figure.Figure`` without pyplot: no display or global backend is needed, and a
+notebook shows the returned figures inline.
+"""
 
 from __future__ import annotations
 
 import os
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt
 import numpy as np
+from matplotlib.figure import Figure
 
 from .library import PatternLibrary
 
 
-def library_figure(library: PatternLibrary, title: str = "pattern library") -> plt.Figure:
+def library_figure(library: PatternLibrary, title: str = "pattern library") -> Figure:
     """The library's patterns as 3x3 grids (dark = kept tap), each with how often it was the best fit."""
-    fig, axes = plt.subplots(1, library.k, figsize=(1.3 * library.k, 1.8), squeeze=False)
+    fig = Figure(figsize=(1.3 * library.k, 1.8))
+    axes = fig.subplots(1, library.k, squeeze=False)
     total = library.seen or sum(library.counts) or 1
     for index, ax in enumerate(axes[0]):
         ax.imshow(library.patterns[index], cmap="Greys", vmin=0, vmax=1.25)
@@ -34,11 +36,12 @@ def library_figure(library: PatternLibrary, title: str = "pattern library") -> p
     return fig
 
 
-def kernels_figure(dense: np.ndarray, pruned: np.ndarray, count: int = 8) -> plt.Figure:
+def kernels_figure(dense: np.ndarray, pruned: np.ndarray, count: int = 8) -> Figure:
     """The first ``count`` kernels (..., 3, 3) before and after pruning, on a shared colour scale."""
     dense, pruned = dense.reshape(-1, 3, 3)[:count], pruned.reshape(-1, 3, 3)[:count]
     scale = float(np.abs(dense).max()) or 1.0
-    fig, axes = plt.subplots(2, len(dense), figsize=(1.2 * len(dense), 2.8), squeeze=False)
+    fig = Figure(figsize=(1.2 * len(dense), 2.8))
+    axes = fig.subplots(2, len(dense), squeeze=False)
     for row, (kernels, name) in enumerate(((dense, "dense"), (pruned, "pruned"))):
         for col, kernel in enumerate(kernels):
             ax = axes[row][col]
@@ -50,7 +53,6 @@ def kernels_figure(dense: np.ndarray, pruned: np.ndarray, count: int = 8) -> plt
     return fig
 
 
-def save(fig: plt.Figure, path: str | os.PathLike, dpi: int = 120) -> None:
-    """Save as PNG and free the figure."""
+def save(fig: Figure, path: str | os.PathLike, dpi: int = 120) -> None:
+    """Save as PNG."""
     fig.savefig(path, dpi=dpi, format="png")
-    plt.close(fig)
