@@ -19,7 +19,9 @@ def test_notebook_is_committed_without_outputs(path):
 @pytest.mark.parametrize("path", TUTORIALS, ids=[p.stem for p in TUTORIALS])
 def test_notebook_runs_and_shows_pictures(path, tmp_path):
     notebook = nbformat.read(path, as_version=4)
-    NotebookClient(notebook, timeout=900, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}).execute()
+    resources = {"metadata": {"path": str(tmp_path)}}
+    client = NotebookClient(notebook, timeout=900, kernel_name="python3", resources=resources)
+    client.execute()
     pictures = [
         output
         for cell in notebook.cells
