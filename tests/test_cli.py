@@ -131,3 +131,14 @@ def test_demo_model_has_four_3x3_convs():
     convs = [m for m in models.build("vgg-small").modules() if isinstance(m, nn.Conv2d)]
     assert len(convs) >= 4 and all(c.kernel_size == (3, 3) for c in convs)
     assert models.build("vgg-small")(torch.zeros(2, 1, 28, 28)).shape == (2, 10)
+
+
+def test_demo_compiles_the_pruned_model_and_matches_pytorch(small_data, tmp_path):
+    out = tmp_path / "demo"
+    assert cli.main(["demo", "--data", str(small_data), "--out", str(out), "--no-cache", *FAST]) == 0
+    result = json.loads((out / "demo.json").read_text())
+    assert result["same_prediction"] == 1.0
+    assert result["tvm_accuracy"] == result["torch_accuracy"]
+    assert result["max_abs_logit_diff"] < 1e-3
+    assert (out / "model.so").is_file()
+    assert all(result[key] > 0 for key in ("torch_ms", "tvm_dense_ms", "sparse_ms"))

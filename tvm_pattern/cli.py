@@ -1,4 +1,4 @@
-"""The ``tvm-pattern`` command line: prune, demo (and the compiler commands as they land)."""
+"""The ``tvm-pattern`` command line: prune, compile, bench, demo."""
 
 from __future__ import annotations
 
@@ -42,7 +42,7 @@ def add_prune_options(p: argparse.ArgumentParser) -> None:
     )  # fmt: skip
     p.add_argument("--dense-epochs", type=float, default=5.0, help="epochs to train the dense model (default 5)")
     p.add_argument("--admm-epochs", type=float, default=1.0, help="ADMM epochs per stage (default 1)")
-    p.add_argument("--retrain-epochs", type=float, default=2.0, help="masked retraining epochs per stage (default 2)")
+    p.add_argument("--retrain-epochs", type=float, default=3.0, help="masked retraining epochs per stage (default 3)")
     p.add_argument("--prune-first", action="store_true", help="prune the first conv too (dense by default)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-cache", action="store_true", help="retrain the dense model even if cached")
@@ -57,6 +57,14 @@ def build_parser() -> argparse.ArgumentParser:
     add_prune_options(p)
     p.add_argument("--out", required=True, help="output folder: patterns.json, masks.pt, model.onnx, patterns.png, ...")
     p.set_defaults(func=cmd_prune)
+
+    p = sub.add_parser("compile", help="compile an ONNX model with pattern-sparse convs into a deployable library")
+    p.add_argument("model", help="ONNX model, e.g. the model.onnx that `prune` wrote")
+    p.add_argument("--target", default="x86", help="x86 (default, this host), arm, mali, or a TVM target tag")
+    p.add_argument("--out", required=True, help="library to write (.so)")
+    p.add_argument("--patterns", help="patterns.json to check the weights against (default: infer from the zeros)")
+    p.add_argument("--strict", action="store_true", help="fail if an eligible 3x3 conv is not pattern-sparse")
+    p.set_defaults(func=cmd_compile)
 
     p = sub.add_parser("demo", help="the main job: prune the demo CNN on Fashion-MNIST and show the results")
     add_prune_options(p)
@@ -86,8 +94,8 @@ def validate_prune_args(args: argparse.Namespace) -> None:
     data.data_dir(args.data)
 
 
-def run_prune(args: argparse.Namespace) -> dict:
-    """The shared body of ``prune`` and ``demo``: returns the report it wrote."""
+def run_prune(args: argparse.Namespace):
+    """The shared body of ``prune`` and ``demo``: returns the report, the PruneResult and the test split."""
     import torch
 
     from . import artifacts, checkpoints, data
@@ -121,7 +129,7 @@ def run_prune(args: argparse.Namespace) -> dict:
     example = torch.from_numpy(test_split.images[:1])
     out = artifacts.save_prune_outputs(args.out, result.model, example, result.library, result.masks, report)
     print_report(report, out)
-    return report
+    return report, result, test_split
 
 
 def print_report(report: dict, out: Path) -> None:
@@ -144,9 +152,20 @@ def cmd_prune(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_compile(args: argparse.Namespace) -> int:
+    from .compiler import compile_command
+
+    compile_command(args.model, args.target, args.out, args.patterns, args.strict)
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import check_and_time
+
     started = time.time()
-    run_prune(args)
+    _, result, test_split = run_prune(args)
+    print("\ncompiling the pruned model with TVM (pattern-sparse kernels for x86)")
+    check_and_time(Path(args.out), result.model, test_split, progress=not args.quiet)
     print(f"\ndemo finished in {time.time() - started:.0f} s")
     return 0
 

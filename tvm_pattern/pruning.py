@@ -30,9 +30,9 @@ class PruneConfig:
     connectivity: Connectivity = 3.6  # alpha: keep 1/alpha of each layer's kernels
     admm_epochs: float = 1.0
     admm_updates: int = 6  # ADMM rounds (Z, Y, U, V, rho) per stage
-    retrain_epochs: float = 2.0
+    retrain_epochs: float = 3.0
     lr: float = 1e-3
-    retrain_lr: float = 5e-4
+    retrain_lr: float = 1e-3
     rho: float = 1e-3
     rho_growth: float = 2.0
     batch_size: int = 128
