@@ -1,0 +1,203 @@
+"""The x86 schedule template of the pattern-sparse conv (AVX2 / AVX-512).
+
+Knobs, and who owns them:
+
+- structural, fixed when the kernel is generated (``tvm_pattern.sparse_conv``): ``rows`` (R, output rows
+  per register block), ``cols`` (output columns per block, NV * V) and ``threads`` (filter slices balanced
+  by kept kernels);
+- schedule decisions, recorded in the trace so MetaSchedule can sample and mutate them: the split of
+  a block's columns into ``vectors`` x ``vector`` lanes (``sample_perfect_tile``; the lanes loop is
+  vectorized, the vectors loop unrolled) and ``unroll`` (``sample_categorical`` over auto-unroll steps
+  for the rows loop; unrolled rows keep the whole R x NV accumulator block in registers).
+
+Why these defaults: the accumulator block must fit the vector register file next to the broadcast weights
+(16 ymm registers on AVX2, 32 on AVX-512); more spills and halves the speed. 8-lane vectors: as fast as
+16-lane ones even on AVX-512 (Zen4 double-pumps 512-bit FMAs), and the only choice on AVX2. The block
+shape is picked by a small cost model (register budget, recomputed edge overlap, per-kernel overhead)
+checked against measurements on this machine (AMD EPYC Zen1 under KVM, AVX2 + FMA, 2 cores).
+"""
+
+from __future__ import annotations
+
+import os
+
+import tvm
+from tvm import s_tir
+
+UNROLL = (0, 16, 64)  # auto-unroll steps for the rows loop (LLVM may unroll small loops anyway)
+
+
+def host_target(threads: int | None = None) -> tvm.target.Target:
+    """An llvm target for this machine's CPU (``mcpu`` detected), with ``num-cores`` for MetaSchedule."""
+    from tvm.target import codegen
+
+    cores = threads or os.cpu_count() or 1
+    return tvm.target.Target({"kind": "llvm", "mcpu": codegen.llvm_get_system_cpu(), "num-cores": cores})
+
+
+def runtime_threads(threads: int | None = None) -> int:
+    """Ask TVM's thread pool for ``threads`` workers (default: all cores); returns the count requested.
+
+    Why: TVM 0.27 sizes its pool from ``TVM_NUM_THREADS``, else from a core count that comes out as 1 on
+    this 2-vCPU VM, which silently runs every ``T.parallel`` loop on one thread (2x slower). The variable
+    is read when the pool starts, so call this before the first compiled function runs.
+    """
+    threads = threads or os.cpu_count() or 1
+    os.environ.setdefault("TVM_NUM_THREADS", str(threads))
+    return int(os.environ["TVM_NUM_THREADS"])
+
+
+def vector_registers(target: tvm.target.Target | None) -> int:
+    """16 ymm registers on AVX2, 32 with AVX-512."""
+    mcpu = str(target.attrs.get("mcpu", "")) if target is not None else ""
+    if not mcpu:
+        from tvm.target import codegen
+
+        mcpu = codegen.llvm_get_system_cpu()
+    wide = ("znver4", "znver5", "skylake-avx512", "cascadelake", "icelake", "sapphirerapids", "tigerlake")
+    return 32 if mcpu.startswith(wide) else 16
+
+
+def _acc_budget(regs: int, taps: int) -> int:
+    """Accumulator vectors that fit next to the ``taps`` broadcast weights and the input vectors in flight.
+
+    Measured on AVX2 (16 registers): 4-tap patterns run best with 10 accumulators (12 spill weights),
+    the 9-tap dense pattern with 6.
+    """
+    return max(2, min(28, regs - taps - (2 if taps <= 4 else 1)))
+
+
+def _cost(oh: int, ow: int, rows: int, vectors: int, lanes: int, taps: int) -> float:
+    """Relative time per output of an R x (NV * V) block tiling, as the generator peels it.
+
+    Per kept kernel a block pays a fixed cost (index, weight broadcasts, loop; ~24 FMA slots) plus
+    ``taps`` FMAs per accumulator vector, and about half a row more for the two halo input rows. The last
+    row block is peeled (shorter); the last column block too when a whole number of 4-lane vectors, else
+    it is shifted back and recomputes overlapping outputs.
+    """
+    cols = vectors * lanes
+    nrb, ncb = -(-oh // rows), -(-ow // cols)
+    row_sizes = [rows] * (nrb - 1) + [oh - (nrb - 1) * rows]
+    tail = ow - (ncb - 1) * cols
+    col_sizes = [cols] * (ncb - 1) + [tail if tail % 4 == 0 else cols]
+    total = sum(24 + taps * (c / lanes) * (r + 0.5) for r in row_sizes for c in col_sizes)
+    if taps > 4:  # many live weights: a single column of vectors spills and reloads inputs
+        total *= 1 + 0.5 / vectors
+    return total / (oh * ow / lanes * taps)
+
+
+def _block_shape(oh: int, ow: int, budget: int, lanes: int, taps: int) -> tuple[int, int]:
+    """(rows, vectors) of least modelled cost (``_cost``) whose accumulators fit the register budget."""
+    best, best_cost = (1, 1), float("inf")
+    for rows in range(1, min(oh, 8) + 1):
+        for vectors in range(1, min(-(-ow // lanes), 6) + 1):
+            if rows * vectors > budget or vectors * lanes > ow:
+                continue
+            cost = _cost(oh, ow, rows, vectors, lanes, taps)
+            if cost < best_cost - 1e-9:
+                best, best_cost = (rows, vectors), cost
+    return best
+
+
+def default_config(packed, data_shape, out_shape, target=None) -> dict:
+    """Good knobs for one layer: the R x NV block that fits the registers and wastes least, 8-lane vectors."""
+    oh, ow = out_shape[2], out_shape[3]
+    regs = vector_registers(target)
+    budget = _acc_budget(regs, packed.n)
+    lanes = 8 if ow >= 8 else 4 if ow >= 4 else 1
+    rows, vectors = _block_shape(oh, ow, budget, lanes, packed.n)
+    threads = int(target.attrs.get("num-cores", 0)) if target is not None else 0
+    return {
+        "rows": rows,
+        "cols": vectors * lanes,
+        "vector": lanes,
+        "unroll": 64,
+        "threads": threads or min(2, os.cpu_count() or 1),
+    }
+
+
+def candidate_configs(packed, data_shape, out_shape, target=None) -> list[dict]:
+    """The structural knobs a tuner enumerates for one layer (one generated module each).
+
+    Every (rows, vectors) block within the register budget, 8 lanes; the schedule decisions of each
+    module are then sampled by ``sample``.
+    """
+    base = default_config(packed, data_shape, out_shape, target)
+    oh, ow = out_shape[2], out_shape[3]
+    budget = _acc_budget(vector_registers(target), packed.n)
+    lanes = base["vector"]
+    return [
+        {**base, "rows": r, "cols": v * lanes}
+        for r in range(1, min(oh, 8) + 1)
+        for v in range(1, min(-(-ow // lanes), 6) + 1)
+        if r * v <= budget and v * lanes <= ow
+    ]
+
+
+def _variants(sch: s_tir.Schedule, k: int) -> list[list]:
+    """Per block-shape variant of the generated nest, its sblocks: init, one per pattern, store.
+
+    The variant count is a function attribute set by the generator (probing names with ``get_sblock``
+    would put failing instructions into the trace that MetaSchedule replays).
+    """
+    from tvm_pattern.sparse_conv import VARIANTS_ATTR
+
+    count = int(sch.mod["main"].attrs[VARIANTS_ATTR])
+    return [
+        [sch.get_sblock(f"acc_init_v{v}"), *[sch.get_sblock(f"acc_p{p}_v{v}") for p in range(k)],
+         sch.get_sblock(f"store_v{v}")]
+        for v in range(count)
+    ]
+
+
+def _lanes(cols: int, vector: int) -> int:
+    """The largest power-of-two lane count <= ``vector`` dividing ``cols`` (a perfect split)."""
+    v = 1
+    while v * 2 <= min(vector, cols) and cols % (v * 2) == 0:
+        v *= 2
+    return v
+
+
+def schedule(sch: s_tir.Schedule, k: int, decisions: dict | None = None) -> None:
+    """Apply the template; ``decisions`` fixes ``vector`` and ``unroll``, else they are sampled.
+
+    Every knob is an instruction of the trace (a sampled value used as a split factor or annotation),
+    so MetaSchedule's replay and mutators change the program without re-running this function. Each
+    block-shape variant (full blocks, peeled last row / column block) gets its own vector split.
+    """
+    unroll_decision = None
+    if decisions is not None:
+        unroll_decision = UNROLL.index(int(decisions.get("unroll", UNROLL[-1])))
+    unroll = sch.sample_categorical(list(UNROLL), [1 / len(UNROLL)] * len(UNROLL), decision=unroll_decision)
+    for blocks in _variants(sch, k):
+        j = sch.get_loops(blocks[0])[-1]
+        cols = int(sch.get(j).extent)
+        tile_decision = None
+        if decisions is not None:
+            v = _lanes(cols, int(decisions.get("vector", 8)))
+            tile_decision = [cols // v, v]
+        factors = sch.sample_perfect_tile(j, n=2, max_innermost_factor=16, decision=tile_decision)
+        for block in blocks:
+            r, j = sch.get_loops(block)[-2:]
+            nv, v = sch.split(j, factors)
+            sch.vectorize(v)
+            sch.unroll(nv)  # vectors of a row: always unrolled, or the accumulators cannot live in registers
+            sch.annotate(r, "pragma_auto_unroll_max_step", unroll)  # rows: unrolled when R x NV <= the step
+            sch.annotate(r, "pragma_unroll_explicit", 1)
+
+
+def apply_default(func: tvm.tirx.PrimFunc, cfg: dict, k: int) -> tvm.tirx.PrimFunc:
+    """The generated function with the default (or ``cfg``'s) schedule decisions applied."""
+    sch = s_tir.Schedule(func)
+    schedule(sch, k, cfg)
+    return sch.mod["main"]
+
+
+def sample(k: int):
+    """A ``ms.space_generator.ScheduleFn`` body sampling the decisions (for tuning)."""
+
+    def fn(sch: s_tir.Schedule) -> s_tir.Schedule:
+        schedule(sch, k, None)
+        return sch
+
+    return fn
