@@ -66,6 +66,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--strict", action="store_true", help="fail if an eligible 3x3 conv is not pattern-sparse")
     p.set_defaults(func=cmd_compile)
 
+    p = sub.add_parser("bench", help="benchmark a suite's 3x3 convs: PyTorch dense vs TVM dense vs pattern-sparse")
+    p.add_argument("--suite", default="vgg16", choices=("vgg16", "resnet18", "resnet50"))
+    p.add_argument("--compression", type=float, default=8.0, choices=(2.25, 8.0),
+                   help="2.25: patterns only; 8: patterns + 3.6x connectivity (default)")  # fmt: skip
+    p.add_argument("--json", help="write the measurements to this JSON file")
+    p.add_argument("--threads", type=int, default=2, help="threads for every side (default 2)")
+    p.add_argument("--repeats", type=int, default=15, help="timed runs per layer; medians are reported")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=cmd_bench)
+
     p = sub.add_parser("demo", help="the main job: prune the demo CNN on Fashion-MNIST and show the results")
     add_prune_options(p)
     p.add_argument("--out", default="runs/demo", help="output folder (default runs/demo)")
@@ -156,6 +166,14 @@ def cmd_compile(args: argparse.Namespace) -> int:
     from .compiler import compile_command
 
     compile_command(args.model, args.target, args.out, args.patterns, args.strict)
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from .bench import run_bench
+
+    run_bench(args.suite, args.compression, args.json, threads=args.threads, repeats=args.repeats,
+              progress=not args.quiet)  # fmt: skip
     return 0
 
 
