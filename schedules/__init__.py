@@ -1,7 +1,8 @@
 """Per-target schedule templates for the pattern-sparse conv2d (shipped as ``tvm_pattern.schedules``).
 
 One module per device family; adding a device is adding one file here. ``REGISTRY`` maps a target kind /
-key to its module; every module provides ``default_config``, ``host_target`` and ``sample_config``.
+key to its module; every module provides ``default_config`` / ``candidate_configs`` (structural knobs),
+``apply_default`` / ``schedule`` / ``sample`` (schedule decisions) and ``host_target``.
 """
 
 from __future__ import annotations

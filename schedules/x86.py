@@ -3,8 +3,9 @@
 Knobs, and who owns them:
 
 - structural, fixed when the kernel is generated (``tvm_pattern.sparse_conv``): ``rows`` (R, output rows
-  per register block), ``cols`` (output columns per block, NV * V) and ``threads`` (filter slices balanced
-  by kept kernels);
+  per register block), ``cols`` (output columns per block, NV * V), ``threads`` (the parallel loop over
+  output blocks; filters are split into groups balanced by kept kernels when blocks are few) and ``peel``
+  (peel the last row / column block into its own shape variant instead of shifting it back);
 - schedule decisions, recorded in the trace so MetaSchedule can sample and mutate them: the split of
   a block's columns into ``vectors`` x ``vector`` lanes (``sample_perfect_tile``; the lanes loop is
   vectorized, the vectors loop unrolled) and ``unroll`` (``sample_categorical`` over auto-unroll steps
@@ -112,6 +113,7 @@ def default_config(packed, data_shape, out_shape, target=None) -> dict:
         "cols": vectors * lanes,
         "vector": lanes,
         "unroll": 64,
+        "peel": True,
         "threads": threads or min(2, os.cpu_count() or 1),
     }
 
@@ -134,20 +136,18 @@ def candidate_configs(packed, data_shape, out_shape, target=None) -> list[dict]:
     ]
 
 
-def _variants(sch: s_tir.Schedule, k: int) -> list[list]:
-    """Per block-shape variant of the generated nest, its sblocks: init, one per pattern, store.
+def _variant_blocks(sch: s_tir.Schedule, k: int, v: int) -> list:
+    """The sblocks of block-shape variant ``v`` of the generated nest: init, one per pattern, store."""
+    return [sch.get_sblock(f"acc_init_v{v}"), *[sch.get_sblock(f"acc_p{p}_v{v}") for p in range(k)],
+            sch.get_sblock(f"store_v{v}")]
 
-    The variant count is a function attribute set by the generator (probing names with ``get_sblock``
-    would put failing instructions into the trace that MetaSchedule replays).
-    """
+
+def _variant_count(sch: s_tir.Schedule) -> int:
+    """Set by the generator as a function attribute (probing block names with ``get_sblock`` would put
+    failing instructions into the trace that MetaSchedule replays)."""
     from tvm_pattern.sparse_conv import VARIANTS_ATTR
 
-    count = int(sch.mod["main"].attrs[VARIANTS_ATTR])
-    return [
-        [sch.get_sblock(f"acc_init_v{v}"), *[sch.get_sblock(f"acc_p{p}_v{v}") for p in range(k)],
-         sch.get_sblock(f"store_v{v}")]
-        for v in range(count)
-    ]
+    return int(sch.mod["main"].attrs[VARIANTS_ATTR])
 
 
 def _lanes(cols: int, vector: int) -> int:
@@ -169,7 +169,8 @@ def schedule(sch: s_tir.Schedule, k: int, decisions: dict | None = None) -> None
     if decisions is not None:
         unroll_decision = UNROLL.index(int(decisions.get("unroll", UNROLL[-1])))
     unroll = sch.sample_categorical(list(UNROLL), [1 / len(UNROLL)] * len(UNROLL), decision=unroll_decision)
-    for blocks in _variants(sch, k):
+    for variant in range(_variant_count(sch)):
+        blocks = _variant_blocks(sch, k, variant)
         j = sch.get_loops(blocks[0])[-1]
         cols = int(sch.get(j).extent)
         tile_decision = None
@@ -194,7 +195,14 @@ def apply_default(func: tvm.tirx.PrimFunc, cfg: dict, k: int) -> tvm.tirx.PrimFu
 
 
 def sample(k: int):
-    """A ``ms.space_generator.ScheduleFn`` body sampling the decisions (for tuning)."""
+    """A ``ms.space_generator.ScheduleFn`` body sampling the decisions (for tuning).
+
+    Use it with ``sch_rules=[], postprocs=[], mutator_probs={...}`` (the default ``DisallowDynamicLoop``
+    postproc rejects the kernel-list loops) and a runner ``f_alloc_argument`` that passes the real weight
+    arrays (random index arrays read out of bounds). Generate the module with ``config={"peel": False}``:
+    with peeled variants TVM 0.27's schedule state mutates the tuned IRModule in place and trace replay
+    fails (``old_outputs.size() == new_outputs.size()``).
+    """
 
     def fn(sch: s_tir.Schedule) -> s_tir.Schedule:
         schedule(sch, k, None)

@@ -76,6 +76,7 @@ def conv_cases(draw):
             "cols": draw(st.sampled_from([4, 8, 12, 16, 24])),
             "vector": draw(st.sampled_from([4, 8])),
             "threads": draw(st.integers(1, 3)),
+            "peel": draw(st.booleans()),
         },
         "seed": draw(st.integers(0, 2**16)),
     }
@@ -122,16 +123,18 @@ def test_empty_filters_and_empty_weight_give_bias() -> None:
 
 @pytest.mark.parametrize("seed", [1, 2, 3])
 def test_sampled_schedule_decisions(seed: int) -> None:
-    """Whatever the tuner samples (vector split, row unrolling), the numerics hold."""
+    """Whatever the tuner samples (vector split, row unrolling), the numerics hold and the trace replays."""
     rng = np.random.default_rng(seed)
     w, lib = pruned(rng, 9, 7, 8, 4, 0.5)
     packed = pack(w, lib)
     x = rng.standard_normal((1, 7, 11, 26)).astype(np.float32)
-    cfg = layer_config(packed, x.shape, target=TARGET, config={"cols": 16})
+    cfg = layer_config(packed, x.shape, target=TARGET, config={"cols": 16, "peel": False})
     sch = s_tir.Schedule(unscheduled(packed, x.shape, config=cfg), seed=seed)
     x86.schedule(sch, packed.k, None)
+    replayed = s_tir.Schedule(unscheduled(packed, x.shape, config=cfg))
+    sch.trace.apply_to_schedule(replayed, remove_postproc=True)  # what MetaSchedule does with a trace
     arrays = sparse_conv2d(packed, x.shape, target=TARGET, config=cfg).arrays
-    got = run(sch.mod["main"], arrays, x, None, (1, 9, 11, 26))
+    got = run(replayed.mod["main"], arrays, x, None, (1, 9, 11, 26))
     np.testing.assert_allclose(got, reference(x, w, None, 1, (1, 1, 1, 1), False), atol=1e-4, rtol=1e-4)
 
 

@@ -110,11 +110,20 @@ class _Geometry:
     ow: int
     rows: int
     cols: int
+    peel: bool = True
 
     @property
     def row_tail(self) -> int:
-        """Rows of the last row block (row blocks are peeled: the last one is shorter, nothing is recomputed)."""
-        return self.oh - (self.nrb - 1) * self.rows
+        """Rows of the last row block: peeled (shorter, nothing recomputed) unless ``peel`` is off, then
+        the last block is shifted back to end on the edge and recomputes a few rows."""
+        return self.oh - (self.nrb - 1) * self.rows if self.peel else self.rows
+
+    @property
+    def row_origin(self) -> str:
+        """First output row of row block ``rb`` (TVMScript)."""
+        if self.row_tail != self.rows or self.oh % self.rows == 0:
+            return f"rb * {self.rows}"
+        return f"T.min(rb * {self.rows}, {self.oh - self.rows})"
 
     @property
     def col_tail(self) -> int:
@@ -123,7 +132,7 @@ class _Geometry:
         An unpeelable tail block is shifted back to end on the edge, recomputing a few outputs.
         """
         tail = self.ow - (self.ncb - 1) * self.cols
-        return tail if tail % 4 == 0 else self.cols
+        return tail if self.peel and tail % 4 == 0 else self.cols
 
     @property
     def col_origin(self) -> str:
@@ -173,7 +182,8 @@ def _geometry(packed: PackedConv, data_shape, strides, padding, cfg: dict) -> _G
     n, c, h, w = data_shape
     _, _, oh, ow = conv_out_shape(data_shape, packed.out_channels, strides, padding)
     rows, cols = fit_block(cfg, oh, ow)
-    return _Geometry(n, c, h, w, padding[0], padding[1], strides[0], strides[1], oh, ow, rows, cols)
+    peel = bool(cfg.get("peel", True))
+    return _Geometry(n, c, h, w, padding[0], padding[1], strides[0], strides[1], oh, ow, rows, cols, peel)
 
 
 def _tap_sum(taps: list[tuple[int, int]], g: _Geometry) -> str:
@@ -286,19 +296,22 @@ def _filters_source(packed: PackedConv, g: _Geometry, v: int, bias: bool, relu: 
 
 
 def _dispatch_source(packed: PackedConv, g: _Geometry, bias: bool, relu: bool, ind: str) -> list[str]:
-    """Branch to the block-shape variant of the current block (full, last row block, last column block)."""
+    """Branch to the block-shape variant of the current block (full, last row block, last column block).
+
+    One ``if`` per variant with exclusive conditions, no ``else``: TVM 0.27's schedule state mutated the
+    caller's IRModule in place when a scheduled block sat in an ``else`` branch, breaking trace replay.
+    """
     shapes = g.variants()
+    if len(shapes) == 1:
+        return _filters_source(packed, g, 0, bias, relu, ind)
     lines: list[str] = []
     for i, (nr, nc) in enumerate(shapes):
         conds = []
-        if nr != g.rows or g.row_tail != g.rows:
+        if g.row_tail != g.rows:
             conds.append(f"rb {'==' if nr != g.rows else '<'} {g.nrb - 1}")
-        if nc != g.cols or g.col_tail != g.cols:
+        if g.col_tail != g.cols:
             conds.append(f"cb {'==' if nc != g.cols else '<'} {g.ncb - 1}")
-        if len(shapes) == 1:
-            return _filters_source(packed, g, 0, bias, relu, ind)
-        head = "if" if i == 0 else "elif" if i < len(shapes) - 1 else "else"
-        lines.append(f"{ind}{head} {' and '.join(conds)}:" if head != "else" else f"{ind}else:")
+        lines.append(f"{ind}if {' and '.join(conds)}:")
         lines += _filters_source(packed, g, i, bias, relu, ind + "    ")
     return lines
 
@@ -324,7 +337,7 @@ def _source(packed: PackedConv, data_shape, strides, padding, bias: bool, relu: 
         f"                b: T.let = blk // {g.nrb * g.ncb}",
         f"                rb: T.let = blk % {g.nrb * g.ncb} // {g.ncb}",
         f"                cb: T.let = blk % {g.ncb}",
-        f"                r0: T.let = rb * {g.rows}",
+        f"                r0: T.let = {g.row_origin}",
         f"                c0: T.let = {g.col_origin}",
         *_pack_source(g, " " * 16),
         *_dispatch_source(packed, g, bias, relu, " " * 16),
