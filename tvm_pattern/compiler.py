@@ -19,6 +19,7 @@ from tvm.ir import IRModule
 
 from .errors import ModelError, TvmPatternError
 from .library import PatternLibrary
+from .schedules.x86 import runtime_threads
 from .targets import is_host, resolve_target
 from .transform import OPAQUE, ConvReport, PatternSparseConv2d
 
@@ -219,6 +220,7 @@ class CompiledModel:
     """A compiled model on a device: ``model(x, ...)`` takes and returns numpy arrays."""
 
     def __init__(self, executable: tvm.runtime.Executable, device: str = "cpu", entry: str = "main") -> None:
+        runtime_threads()  # before the first run: TVM's pool would otherwise use one thread on some VMs
         self.device = tvm.device(device)
         self.vm = relax.VirtualMachine(executable, self.device)
         self.entry = entry
