@@ -47,10 +47,6 @@ class Layer:
     def out_size(self) -> int:
         return (self.size + 2 - 3) // self.stride + 1
 
-    @property
-    def dense_flops(self) -> float:
-        return 2.0 * self.cout * self.cin * 9 * self.out_size**2
-
 
 def _vgg16() -> list[Layer]:
     cfg = [(2, 64, 224), (2, 128, 112), (3, 256, 56), (3, 512, 28), (3, 512, 14)]

@@ -86,7 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
 def validate_prune_args(args: argparse.Namespace) -> None:
     """Fail on bad input before any training, so nothing is half-done."""
     from . import data, models
-    from .projection import kept_kernels
+    from .projection import check_alpha
     from .sparsifier import conv_eligibility
 
     candidates = len(candidate_patterns(args.taps))
@@ -97,7 +97,7 @@ def validate_prune_args(args: argparse.Namespace) -> None:
     alphas = args.connectivity.values() if isinstance(args.connectivity, dict) else [args.connectivity]
     for alpha in alphas:
         if alpha is not None:
-            kept_kernels(1000, alpha)
+            check_alpha(alpha)
     eligible = conv_eligibility(models.build(args.model), skip_first=not args.prune_first)
     if all(why is not None for why in eligible.values()):
         raise TvmPatternError(f"model {args.model!r} has no prunable 3x3 convolution: {eligible}")
@@ -115,7 +115,7 @@ def run_prune(args: argparse.Namespace):
     started = time.time()
     train_split, test_split = data.load("train", args.data), data.load("test", args.data)
     dense = checkpoints.dense_model(
-        args.model, train_split, test_split, args.dense_epochs, seed=args.seed,
+        args.model, train_split, args.dense_epochs, seed=args.seed,
         use_cache=not args.no_cache, progress=not args.quiet,
     )  # fmt: skip
     config = PruneConfig(

@@ -31,7 +31,7 @@ class PackedConv:
     ``offsets[i * k + p] : offsets[i * k + p + 1]`` are the kernels of packed filter ``i`` with pattern ``p``.
     """
 
-    patterns: np.ndarray  # (k, 3, 3) bool, the library
+    library: PatternLibrary  # the k patterns; kernels of pattern p are weights[:, taps of p]
     perm: np.ndarray  # (O,) int32: packed filter i is original output channel perm[i]
     offsets: np.ndarray  # (O * k + 1,) int32 CSR pointer over (filter, pattern) groups
     channels: np.ndarray  # (nnz,) int32 input channel of each kept kernel
@@ -44,20 +44,16 @@ class PackedConv:
 
     @property
     def k(self) -> int:
-        return len(self.patterns)
+        return self.library.k
 
     @property
     def n(self) -> int:
-        return int(self.patterns[0].sum())
+        return self.library.n
 
     @property
     def nnz(self) -> int:
         """Number of kept kernels."""
         return len(self.channels)
-
-    @property
-    def library(self) -> PatternLibrary:
-        return PatternLibrary(self.patterns)
 
     def taps(self) -> list[list[tuple[int, int]]]:
         """Per pattern, its (row, col) offsets in the order of ``weights[:, t]``."""
@@ -147,7 +143,7 @@ def pack(weight: np.ndarray, library: PatternLibrary | None = None) -> PackedCon
             weights.append(w[oc, ic].reshape(len(ic), KERNEL * KERNEL)[:, flat_pats[p]])
             offsets.append(offsets[-1] + len(ic))
     return PackedConv(
-        patterns=library.patterns.copy(),
+        library=library,
         perm=perm,
         offsets=np.asarray(offsets, dtype=np.int32),
         channels=np.concatenate(channels).astype(np.int32),
@@ -160,7 +156,7 @@ def unpack(packed: PackedConv) -> np.ndarray:
     """The dense (O, I, 3, 3) weight, exactly as packed (original filter order)."""
     o, i, k = packed.out_channels, packed.in_channels, packed.k
     dense = np.zeros((o, i, KERNEL * KERNEL), dtype=np.float32)
-    flat_pats = packed.patterns.reshape(k, -1)
+    flat_pats = packed.library.patterns.reshape(k, -1)
     rows = packed.perm[packed.filter_of()]
     taps = flat_pats[packed.pattern_ids()]  # (nnz, 9) bool, n True per row
     r_idx = np.repeat(rows, packed.n)

@@ -31,11 +31,16 @@ def project_patterns(weight: torch.Tensor, patterns: torch.Tensor) -> torch.Tens
     return weight * pattern_mask(weight, patterns)
 
 
-def kept_kernels(total: int, alpha: float) -> int:
-    """How many kernels a layer of ``total`` keeps at connectivity rate ``alpha`` (keep 1/alpha)."""
+def check_alpha(alpha: float) -> float:
+    """``alpha`` if it is a valid connectivity rate (keep 1/alpha of the kernels, so alpha >= 1)."""
     if not alpha >= 1.0:
         raise PatternError(f"connectivity rate alpha must be >= 1 (keep 1/alpha of the kernels), got {alpha}")
-    return max(1, round(total / alpha))
+    return alpha
+
+
+def kept_kernels(total: int, alpha: float) -> int:
+    """How many kernels a layer of ``total`` keeps at connectivity rate ``alpha`` (keep 1/alpha)."""
+    return max(1, round(total / check_alpha(alpha)))
 
 
 def connectivity_mask(weight: torch.Tensor, keep: int) -> torch.Tensor:

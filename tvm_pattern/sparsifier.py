@@ -20,7 +20,7 @@ from torch.nn.utils import prune
 
 from .errors import ModelError, PatternError
 from .library import PatternLibrary
-from .projection import connectivity_mask, kept_kernels, pattern_mask
+from .projection import check_alpha, connectivity_mask, kept_kernels, pattern_mask
 
 Connectivity = float | None | Mapping[str, float | None]
 
@@ -36,10 +36,6 @@ class PrunedConv:
     u: torch.Tensor = field(repr=False)
     y: torch.Tensor | None = field(default=None, repr=False)
     v: torch.Tensor | None = field(default=None, repr=False)
-
-    @property
-    def total(self) -> int:
-        return self.module.weight.shape[0] * self.module.weight.shape[1]
 
 
 def conv_eligibility(model: nn.Module, skip_first: bool = True) -> dict[str, str | None]:
@@ -84,7 +80,7 @@ class PatternSparsifier:
         skip_first: bool = True,
     ) -> None:
         for alpha in _alphas(connectivity):
-            kept_kernels(1000, alpha)  # validates alpha >= 1 before anything changes
+            check_alpha(alpha)  # before anything changes
         if rho <= 0 or rho_growth < 1:
             raise PatternError(f"need rho > 0 and rho_growth >= 1, got rho={rho}, rho_growth={rho_growth}")
         self.library = library
