@@ -7,19 +7,32 @@ key to its module; every module provides ``default_config`` / ``candidate_config
 
 from __future__ import annotations
 
+import importlib
 from types import ModuleType
 
 from . import x86
 
-REGISTRY: dict[str, ModuleType] = {"llvm": x86, "cpu": x86}
+# target family -> schedule module (imported on first use); see ``family``
+REGISTRY: dict[str, str] = {"x86": "x86", "arm_cpu": "arm_cpu", "mali": "mali"}
+
+
+def family(target=None) -> str:
+    """``mali`` for OpenCL targets, ``arm_cpu`` for llvm targets of an Arm triple, else ``x86`` (the host)."""
+    if target is None:
+        return "x86"
+    kind = target.kind.name
+    if kind == "opencl":
+        return "mali"
+    triple = str(target.attrs.get("mtriple", ""))
+    if kind == "llvm" and triple.startswith(("aarch64", "arm")):
+        return "arm_cpu"
+    return "x86"
 
 
 def for_target(target=None) -> ModuleType:
     """The schedule module for ``target`` (None: the host, x86)."""
-    if target is None:
-        return x86
-    kind = getattr(getattr(target, "kind", None), "name", str(target))
-    return REGISTRY.get(kind, x86)
+    name = REGISTRY[family(target)]
+    return x86 if name == "x86" else importlib.import_module(f"{__name__}.{name}")
 
 
 def default_config(packed, data_shape, out_shape, target=None) -> dict:

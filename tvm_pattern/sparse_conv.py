@@ -404,6 +404,9 @@ def sparse_conv2d(
     """
     from . import schedules
 
+    module = schedules.for_target(target)
+    if hasattr(module, "generate"):  # a device whose template is its own loop nest (e.g. Mali's OpenCL one)
+        return module.generate(packed, data_shape, strides, padding, bias, relu, target, config)
     cfg = layer_config(packed, data_shape, strides, padding, target, config)
     data_shape, strides, padding = _normalise(packed, data_shape, strides, padding)
     out_shape = conv_out_shape(data_shape, packed.out_channels, strides, padding)
