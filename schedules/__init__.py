@@ -29,10 +29,14 @@ def family(target=None) -> str:
     return "x86"
 
 
+def module(name: str) -> ModuleType:
+    """The schedule module of a family (``x86``, ``arm_cpu``, ``mali``)."""
+    return x86 if name == "x86" else importlib.import_module(f"{__name__}.{REGISTRY[name]}")
+
+
 def for_target(target=None) -> ModuleType:
     """The schedule module for ``target`` (None: the host, x86)."""
-    name = REGISTRY[family(target)]
-    return x86 if name == "x86" else importlib.import_module(f"{__name__}.{name}")
+    return module(family(target))
 
 
 def default_config(packed, data_shape, out_shape, target=None) -> dict:

@@ -6,23 +6,37 @@ A ``TuningTask`` is what ``tvm_pattern.tune`` hands to MetaSchedule for one laye
 - ``space``: the design space (a ``ScheduleFn``) whose trace samples every knob of the template;
 - ``arrays``: the real values of every parameter after ``data`` and before ``out`` (the FKW index and
   weight arrays, the filter split, the bias): runners must pass them, random index arrays read out of bounds;
-- ``materialize``: the compiled kernel for a schedule of ``mod`` (a trace applied). Templates whose knobs
-  are all schedule primitives return the scheduled function as it is; templates with structural knobs
-  (block shapes of generated code) read the sampled values from the trace and generate the kernel they select.
+- ``materialize``: the compiled kernel for a schedule of ``mod`` (a trace applied).
+
+Why templates are materialized. The generated kernel's block shape (rows x columns of accumulators held in
+registers) and its thread split are the *structure* of generated code: the kernel loop of a block sits inside
+the block, with data-dependent bounds, and no TensorIR primitive can re-tile around it. So the template's
+knobs are sampled as trace instructions (``sample_categorical``, recorded on the root block as
+``tvm_pattern.knob.<name>`` annotations), and ``materialize`` generates the kernel they select. The template
+describes itself (``tvm_pattern.template`` on its root block: the family, the layer, the knob choices), so a
+builder worker or a later compile needs nothing but the IRModule. MetaSchedule's search, XGBoost cost model
+(fed with the *materialized* kernel's features), database and replay are used as they are.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
 import tvm
+from tvm import s_tir
 from tvm.ir import IRModule
+from tvm.ir.utils import derived_object
+from tvm.s_tir import meta_schedule as ms
+from tvm.s_tir.meta_schedule.feature_extractor import PyFeatureExtractor
 
+TEMPLATE = "tvm_pattern.template"  # root-block annotation: JSON describing the layer and its knob choices
+KNOB = "tvm_pattern.knob."  # root-block annotation prefix: one sampled value per knob
 
-def _identity(mod: IRModule) -> tvm.tirx.PrimFunc:
-    return mod["main"]
+__all__ = ["KNOB", "TEMPLATE", "MaterializedFeatures", "TuningTask", "build", "design_space", "knobs",
+           "materialize", "materialize_module", "template", "template_mod"]
 
 
 @dataclass(frozen=True)
@@ -33,4 +47,103 @@ class TuningTask:
     mod: IRModule
     space: object  # tvm.s_tir.meta_schedule.space_generator.SpaceGenerator
     arrays: tuple[np.ndarray, ...]
-    materialize: Callable[[IRModule], tvm.tirx.PrimFunc] = field(default=_identity)
+    materialize: Callable[[IRModule], tvm.tirx.PrimFunc] = field(default=lambda mod: materialize(mod))
+
+
+def _root(func: tvm.tirx.PrimFunc):
+    body = func.body
+    return body.block if hasattr(body, "block") else None
+
+
+def template(func: tvm.tirx.PrimFunc) -> dict | None:
+    """The template description of a template PrimFunc, or None for any other function."""
+    root = _root(func)
+    if root is None or TEMPLATE not in root.annotations:
+        return None
+    return json.loads(str(root.annotations[TEMPLATE]))
+
+
+def knobs(func: tvm.tirx.PrimFunc) -> dict[str, int]:
+    """The knob values a schedule sampled (empty for the bare template: its defaults apply)."""
+    root = _root(func)
+    if root is None:
+        return {}
+    return {str(k)[len(KNOB):]: int(v) for k, v in root.annotations.items() if str(k).startswith(KNOB)}
+
+
+def template_mod(func: tvm.tirx.PrimFunc, description: dict) -> IRModule:
+    """The workload: ``func`` (the kernel of the default knobs) as ``main`` with ``description`` on its root."""
+    sch = s_tir.Schedule(IRModule({"main": func.with_attr("global_symbol", "main")}))
+    sch.annotate(sch.get_sblock("root"), TEMPLATE, json.dumps(description, sort_keys=True))
+    return sch.mod
+
+
+def design_space(choices: dict[str, list[int]]) -> ms.space_generator.ScheduleFn:
+    """A ScheduleFn sampling one value per knob, uniformly, recorded on the root block.
+
+    No schedule rules or postprocs: the template is generated code, not a compute to tile, and the
+    default ``DisallowDynamicLoop`` postproc would reject its kernel-list loops. No mutator applies to
+    these samples, so the evolutionary search draws fresh samples and the XGBoost model picks among them.
+    """
+    names = sorted(choices)
+
+    def sample(sch: s_tir.Schedule) -> s_tir.Schedule:
+        root = sch.get_sblock("root")
+        for name in names:
+            values = [int(v) for v in choices[name]]
+            value = sch.sample_categorical(values, [1.0 / len(values)] * len(values))
+            sch.annotate(root, KNOB + name, value)
+        return sch
+
+    return ms.space_generator.ScheduleFn(sample, sch_rules=[], postprocs=[], mutator_probs={})
+
+
+def materialize(mod: IRModule | tvm.tirx.PrimFunc) -> tvm.tirx.PrimFunc:
+    """The kernel a scheduled template selects (the function itself if it is no template)."""
+    func = mod["main"] if isinstance(mod, IRModule) else mod
+    description = template(func)
+    if description is None:
+        return func
+
+    from . import module  # the family's schedule module generates its kernel
+
+    family = module(description["family"])
+    kernel = family.materialize(description, knobs(func))
+    attrs = {k: v for k, v in (func.attrs or {}).items() if k != "global_symbol"}
+    return kernel.with_attrs(attrs) if attrs else kernel
+
+
+def materialize_module(mod: IRModule) -> IRModule:
+    """Every template PrimFunc of ``mod`` replaced by the kernel it selects."""
+    updates = {gv: materialize(f) for gv, f in mod.functions_items()
+               if isinstance(f, tvm.tirx.PrimFunc) and template(f) is not None}
+    if not updates:
+        return mod
+    mod = mod.clone()
+    for gvar, func in updates.items():
+        symbol = gvar.name_hint
+        mod.update_func(gvar, func.with_attr("global_symbol", symbol))
+    return mod
+
+
+def build(mod: IRModule, target: tvm.target.Target, params=None) -> tvm.runtime.Module:
+    """A MetaSchedule builder's ``f_build``: materialize the templates, then build as MetaSchedule does."""
+    from tvm.s_tir.meta_schedule.builder.local_builder import default_build
+
+    return default_build(materialize_module(mod), target, params)
+
+
+@derived_object
+class MaterializedFeatures(PyFeatureExtractor):
+    """MetaSchedule's per-store features of the *materialized* kernels (what ``XGBModel`` should learn from).
+
+    The template's own IR is the same for every sample; only the generated kernel shows the block shape.
+    """
+
+    def __init__(self, extractor=None) -> None:
+        super().__init__()
+        self.extractor = extractor or ms.feature_extractor.PerStoreFeature()
+
+    def extract_from(self, context, candidates):
+        real = [ms.MeasureCandidate(s_tir.Schedule(materialize_module(c.sch.mod)), c.args_info) for c in candidates]
+        return self.extractor.extract_from(context, real)

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import os
 
+import numpy as np
 import tvm
 from tvm import s_tir
 
@@ -209,3 +210,70 @@ def sample(k: int):
         return sch
 
     return fn
+
+
+def knob_choices(packed, data_shape, out_shape, target, candidates: list[dict]) -> dict[str, list[int]]:
+    """What the tuner may pick per knob: a register block (an index into ``candidates``), lanes per
+    vector, parallel chunks per core count, the rows' unroll step, and whether to peel edge blocks."""
+    cores = int(target.attrs.get("num-cores", 0)) if target is not None else 0
+    cores = cores or min(2, os.cpu_count() or 1)
+    return {
+        "block": list(range(len(candidates))),
+        "lanes": [4, 8],
+        "threads": [cores, 2 * cores],
+        "unroll": list(UNROLL),
+        "peel": [1, 0],
+    }
+
+
+def tuning_task(packed, data_shape, strides, padding, bias, relu: bool, target, family: str = "x86"):
+    """The layer as a ``TuningTask``: the default kernel as template, every knob a MetaSchedule sample.
+
+    ``bias``: the bias values (O,), or a bool. ``family``: whose ``candidate_configs`` / ``default_config``
+    define the choices (the Arm template reuses this one).
+    """
+    from tvm_pattern import schedules
+    from tvm_pattern.sparse_conv import KernelSpec, _arrays, _geometry, conv_out_shape, unscheduled
+
+    from .space import TuningTask, design_space, template_mod
+
+    module = schedules.module(family)
+    out_shape = conv_out_shape(data_shape, packed.out_channels, strides, padding)
+    base = module.default_config(packed, data_shape, out_shape, target)
+    candidates = module.candidate_configs(packed, data_shape, out_shape, target)
+    choices = knob_choices(packed, data_shape, out_shape, target, candidates)
+    max_groups = max(_geometry(packed, data_shape, strides, padding, {**c, "threads": t}).groups(t)
+                     for c in candidates for t in choices["threads"])
+    description = {
+        "family": family, "kernel": KernelSpec.of(packed).to_json(), "data_shape": list(data_shape),
+        "strides": list(strides), "padding": list(padding), "bias": bias is not False and bias is not None,
+        "relu": bool(relu), "blocks": [[c["rows"], c["cols"]] for c in candidates], "max_groups": max_groups,
+        "default": {**base, "peel": int(base["peel"])},
+    }
+    func = unscheduled(packed, data_shape, strides, padding, description["bias"], relu,
+                       {**base, "max_groups": max_groups})
+    arrays = _arrays(packed, max_groups)
+    if description["bias"]:
+        values = np.zeros(packed.out_channels, np.float32) if isinstance(bias, bool) else bias
+        arrays = (*arrays, np.ascontiguousarray(values, dtype=np.float32))
+    shape = "x".join(map(str, data_shape))
+    name = (f"pattern_conv2d_{family}_{shape}_o{packed.out_channels}_s{strides[0]}{strides[1]}"
+            f"_k{packed.k}n{packed.n}_nnz{packed.nnz}")
+    return TuningTask(name, template_mod(func, description), design_space(choices), arrays)
+
+
+def materialize(description: dict, knobs: dict[str, int]) -> tvm.tirx.PrimFunc:
+    """The kernel of a template (``tuning_task``) for sampled ``knobs`` (missing ones: the defaults)."""
+    from tvm_pattern.sparse_conv import KernelSpec, unscheduled
+
+    spec = KernelSpec.from_json(description["kernel"])
+    default = description["default"]
+    rows, cols = description["blocks"][knobs["block"]] if "block" in knobs else (default["rows"], default["cols"])
+    cfg = {
+        "rows": rows, "cols": cols, "vector": knobs.get("lanes", default["vector"]),
+        "threads": knobs.get("threads", default["threads"]), "unroll": knobs.get("unroll", default["unroll"]),
+        "peel": bool(knobs.get("peel", default["peel"])), "max_groups": description["max_groups"],
+    }
+    func = unscheduled(spec, description["data_shape"], description["strides"], description["padding"],
+                       description["bias"], description["relu"], cfg)
+    return apply_default(func, cfg, spec.k)

@@ -36,7 +36,51 @@ from .format import PackedConv
 
 VARIANTS_ATTR = "tvm_pattern.block_variants"  # function attribute: how many block-shape variants to schedule
 
-__all__ = ["SparseConvKernel", "conv_out_shape", "layer_config", "sparse_conv2d", "thread_split", "unscheduled"]
+__all__ = [
+    "KernelSpec",
+    "SparseConvKernel",
+    "conv_out_shape",
+    "layer_config",
+    "sparse_conv2d",
+    "thread_split",
+    "thread_splits",
+    "tuning_task",
+    "unscheduled",
+]
+
+
+@dataclass(frozen=True)
+class KernelSpec:
+    """What the generated code depends on in a packed weight: its shape and patterns, not its values.
+
+    Why separate: a tuning template records it (``to_json``) so the kernel can be generated again from the
+    template alone, in any process, without the weights.
+    """
+
+    k: int
+    n: int
+    patterns: tuple[tuple[tuple[int, int], ...], ...]  # per pattern, its n (row, col) taps
+    in_channels: int
+    out_channels: int
+    nnz: int
+
+    @classmethod
+    def of(cls, packed: PackedConv) -> KernelSpec:
+        taps = tuple(tuple((int(r), int(c)) for r, c in p) for p in packed.taps())
+        return cls(packed.k, packed.n, taps, packed.in_channels, packed.out_channels, packed.nnz)
+
+    def taps(self) -> list[list[tuple[int, int]]]:
+        return [list(p) for p in self.patterns]
+
+    def to_json(self) -> dict:
+        return {"k": self.k, "n": self.n, "patterns": [list(map(list, p)) for p in self.patterns],
+                "in_channels": self.in_channels, "out_channels": self.out_channels, "nnz": self.nnz}
+
+    @classmethod
+    def from_json(cls, obj: dict) -> KernelSpec:
+        taps = tuple(tuple((int(r), int(c)) for r, c in p) for p in obj["patterns"])
+        return cls(int(obj["k"]), int(obj["n"]), taps, int(obj["in_channels"]), int(obj["out_channels"]),
+                   int(obj["nnz"]))
 
 
 @dataclass(frozen=True)
@@ -73,7 +117,21 @@ def thread_split(packed: PackedConv, threads: int) -> np.ndarray:
     return np.maximum.accumulate(bounds).astype(np.int32)
 
 
-def _check_args(packed: PackedConv, data_shape, strides, padding) -> None:
+def split_base(groups: int) -> int:
+    """Where the ``groups``-way split starts in ``thread_splits`` (splits for 1, 2, ... groups, concatenated)."""
+    return (groups - 1) * (groups + 2) // 2
+
+
+def thread_splits(packed: PackedConv, max_groups: int) -> np.ndarray:
+    """``thread_split`` for every group count 1..``max_groups``, concatenated (the kernel's ``tsplit``).
+
+    Why all of them: the group count follows from the block shape and thread knobs, and a tuning task's
+    arguments must not change with its knobs.
+    """
+    return np.concatenate([thread_split(packed, g) for g in range(1, max_groups + 1)]).astype(np.int32)
+
+
+def _check_args(packed: PackedConv | KernelSpec, data_shape, strides, padding) -> None:
     if len(data_shape) != 4 or min(data_shape) < 1:
         raise PatternError(f"data_shape must be NCHW with positive sizes, got {data_shape}")
     if data_shape[1] != packed.in_channels:
@@ -178,7 +236,7 @@ class _Geometry:
         return (self.rows - 1) * self.sh + 3, self.sw, self.cols + 2 // self.sw
 
 
-def _geometry(packed: PackedConv, data_shape, strides, padding, cfg: dict) -> _Geometry:
+def _geometry(packed: PackedConv | KernelSpec, data_shape, strides, padding, cfg: dict) -> _Geometry:
     n, c, h, w = data_shape
     _, _, oh, ow = conv_out_shape(data_shape, packed.out_channels, strides, padding)
     rows, cols = fit_block(cfg, oh, ow)
@@ -233,7 +291,7 @@ def _pack_source(g: _Geometry, ind: str) -> list[str]:
     ]
 
 
-def _params(packed: PackedConv, data_shape, out_shape, groups: int, bias: bool) -> list[str]:
+def _params(packed: KernelSpec, data_shape, out_shape, max_groups: int, bias: bool) -> list[str]:
     def i64(*dims: int) -> str:
         return "(" + ", ".join(f"T.int64({d})" for d in dims) + ",)"
 
@@ -244,7 +302,7 @@ def _params(packed: PackedConv, data_shape, out_shape, groups: int, bias: bool) 
         f"channels: T.Buffer({i64(nnz)}, 'int32')",
         f"weights: T.Buffer({i64(nnz * packed.n)}, 'float32')",
         f"perm: T.Buffer({i64(o)}, 'int32')",
-        f"tsplit: T.Buffer({i64(groups + 1)}, 'int32')",
+        f"tsplit: T.Buffer({i64(split_base(max_groups + 1))}, 'int32')",
     ]
     if bias:
         params.append(f"bias: T.Buffer({i64(o)}, 'float32')")
@@ -276,15 +334,15 @@ def _pattern_loop(p: int, taps: list[tuple[int, int]], k: int, g: _Geometry, v: 
     return lines + _block(f"acc_p{p}_v{v}", g.variants()[v], ind + "    ", reads, "acc[vr, vj]", body)
 
 
-def _filters_source(packed: PackedConv, g: _Geometry, v: int, bias: bool, relu: bool, ind: str) -> list[str]:
+def _filters_source(packed: KernelSpec, g: _Geometry, v: int, bias: bool, relu: bool, ind: str) -> list[str]:
     """Every filter of the item's group on one output block of shape variant ``v``."""
     shape = g.variants()[v]
     init = "bias[oc]" if bias else "T.float32(0)"
     value = "T.max(acc[vr, vj], T.float32(0))" if relu else "acc[vr, vj]"
     inner = ind + "    "
     lines = [
-        f"{ind}for oo in T.serial(tsplit[grp + 1] - tsplit[grp]):",
-        f"{inner}o: T.let = tsplit[grp] + oo",
+        f"{ind}for oo in T.serial(tsplit[sb + grp + 1] - tsplit[sb + grp]):",
+        f"{inner}o: T.let = tsplit[sb + grp] + oo",
         f"{inner}oc: T.let = perm[o]",
         f"{inner}acc = T.alloc_buffer(({shape[0]}, {shape[1]}), 'float32')",
         *_block(f"acc_init_v{v}", shape, inner, "", "acc[vr, vj]", f"acc[vr, vj] = {init}"),
@@ -295,7 +353,7 @@ def _filters_source(packed: PackedConv, g: _Geometry, v: int, bias: bool, relu: 
     return lines + _block(f"store_v{v}", shape, inner, "acc[vr, vj]", store, f"{store} = {value}")
 
 
-def _dispatch_source(packed: PackedConv, g: _Geometry, bias: bool, relu: bool, ind: str) -> list[str]:
+def _dispatch_source(packed: KernelSpec, g: _Geometry, bias: bool, relu: bool, ind: str) -> list[str]:
     """Branch to the block-shape variant of the current block (full, last row block, last column block).
 
     One ``if`` per variant with exclusive conditions, no ``else``: TVM 0.27's schedule state mutated the
@@ -316,13 +374,14 @@ def _dispatch_source(packed: PackedConv, g: _Geometry, bias: bool, relu: bool, i
     return lines
 
 
-def _source(packed: PackedConv, data_shape, strides, padding, bias: bool, relu: bool, cfg: dict) -> str:
+def _source(packed: KernelSpec, data_shape, strides, padding, bias: bool, relu: bool, cfg: dict) -> str:
     g = _geometry(packed, data_shape, strides, padding, cfg)
     threads = int(cfg["threads"])
     groups = g.groups(threads)
+    max_groups = max(groups, int(cfg.get("max_groups", groups)))
     items = g.blocks * groups
     per_thread = -(-items // threads)
-    params = _params(packed, data_shape, (g.n, packed.out_channels, g.oh, g.ow), groups, bias)
+    params = _params(packed, data_shape, (g.n, packed.out_channels, g.oh, g.ow), max_groups, bias)
     lines = [
         "@T.prim_func(s_tir=True)",
         f"def sparse_conv2d({', '.join(params)}):",
@@ -334,6 +393,7 @@ def _source(packed: PackedConv, data_shape, strides, padding, bias: bool, relu: 
         f"            if item < {items}:",
         f"                blk: T.let = item // {groups}",
         f"                grp: T.let = item % {groups}",
+        f"                sb: T.let = {split_base(groups)}",
         f"                b: T.let = blk // {g.nrb * g.ncb}",
         f"                rb: T.let = blk % {g.nrb * g.ncb} // {g.ncb}",
         f"                cb: T.let = blk % {g.ncb}",
@@ -345,7 +405,7 @@ def _source(packed: PackedConv, data_shape, strides, padding, bias: bool, relu: 
     return "\n".join(lines) + "\n"
 
 
-def _arrays(packed: PackedConv, groups: int) -> tuple[np.ndarray, ...]:
+def _arrays(packed: PackedConv, max_groups: int) -> tuple[np.ndarray, ...]:
     channels = packed.channels if packed.nnz else np.zeros(1, np.int32)
     weights = packed.weights.reshape(-1) if packed.nnz else np.zeros(packed.n, np.float32)
     return (
@@ -353,11 +413,11 @@ def _arrays(packed: PackedConv, groups: int) -> tuple[np.ndarray, ...]:
         channels.astype(np.int32),
         np.ascontiguousarray(weights, dtype=np.float32),
         packed.perm.astype(np.int32),
-        thread_split(packed, groups),
+        thread_splits(packed, max_groups),
     )
 
 
-def _normalise(packed: PackedConv, data_shape, strides, padding) -> tuple[tuple, tuple, tuple]:
+def _normalise(packed: PackedConv | KernelSpec, data_shape, strides, padding) -> tuple[tuple, tuple, tuple]:
     data_shape = tuple(int(x) for x in data_shape)
     strides = tuple(int(x) for x in strides)
     padding = tuple(int(x) for x in padding)
@@ -376,15 +436,17 @@ def layer_config(packed: PackedConv, data_shape, strides=(1, 1), padding=(1, 1, 
 
 
 def unscheduled(
-    packed: PackedConv, data_shape, strides=(1, 1), padding=(1, 1, 1, 1), bias: bool = False, relu: bool = False,
-    config: dict | None = None,
+    packed: PackedConv | KernelSpec, data_shape, strides=(1, 1), padding=(1, 1, 1, 1), bias: bool = False,
+    relu: bool = False, config: dict | None = None,
 ) -> tvm.tirx.PrimFunc:
     """The generated PrimFunc before the schedule (what a tuner's ``ScheduleFn`` starts from).
 
-    ``config`` must hold the structural knobs ``rows``, ``cols`` and ``threads``.
+    ``config`` must hold the structural knobs ``rows``, ``cols`` and ``threads`` (``max_groups``: size
+    ``tsplit`` for that many filter groups, so kernels of other knobs share one signature).
     """
-    data_shape, strides, padding = _normalise(packed, data_shape, strides, padding)
-    return tvm.script.from_source(_source(packed, data_shape, strides, padding, bias, relu, config))
+    spec = packed if isinstance(packed, KernelSpec) else KernelSpec.of(packed)
+    data_shape, strides, padding = _normalise(spec, data_shape, strides, padding)
+    return tvm.script.from_source(_source(spec, data_shape, strides, padding, bias, relu, config))
 
 
 def sparse_conv2d(
@@ -413,4 +475,21 @@ def sparse_conv2d(
     func = unscheduled(packed, data_shape, strides, padding, bias, relu, cfg)
     func = schedules.for_target(target).apply_default(func, cfg, packed.k)
     groups = _geometry(packed, data_shape, strides, padding, cfg).groups(int(cfg["threads"]))
-    return SparseConvKernel(func=func, arrays=_arrays(packed, groups), out_shape=out_shape)
+    return SparseConvKernel(func=func, arrays=_arrays(packed, max(groups, int(cfg.get("max_groups", 1)))),
+                            out_shape=out_shape)
+
+
+def tuning_task(
+    packed: PackedConv,
+    data_shape: tuple[int, int, int, int],
+    strides: tuple[int, int] = (1, 1),
+    padding: tuple[int, int, int, int] = (1, 1, 1, 1),
+    bias: np.ndarray | bool = False,
+    relu: bool = False,
+    target: tvm.target.Target | None = None,
+):
+    """The layer as a ``schedules.space.TuningTask`` for the target's template (``tvm_pattern.tune``)."""
+    from . import schedules
+
+    data_shape, strides, padding = _normalise(packed, data_shape, strides, padding)
+    return schedules.for_target(target).tuning_task(packed, data_shape, strides, padding, bias, relu, target)
