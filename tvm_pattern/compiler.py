@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -17,17 +16,16 @@ import tvm
 from tvm import relax
 from tvm.ir import IRModule
 
+from .cross import export_options
 from .errors import ModelError, TvmPatternError
 from .library import PatternLibrary
 from .schedules.x86 import runtime_threads
-from .targets import is_host, resolve_target
+from .targets import resolve_target
 from .transform import OPAQUE, ConvReport, PatternSparseConv2d
 
 __all__ = ["CompiledModel", "ParallelizeDense", "build", "compile_command", "compile_file", "import_onnx", "load"]
 
 log = logging.getLogger(__name__)
-
-CROSS_COMPILERS = {"aarch64": "aarch64-linux-gnu-g++"}
 
 
 def import_onnx(path: str | os.PathLike, batch: int = 1) -> IRModule:
@@ -203,17 +201,8 @@ def compile_file(
 
 
 def _export_options(target: tvm.target.Target) -> dict:
-    """A cross compiler for targets this machine cannot link for (arm, mali's aarch64 host)."""
-    cpu = target.host if target.host is not None else target
-    if is_host(cpu):
-        return {}
-    arch = str(cpu.attrs.get("mtriple", "")).split("-")[0]
-    compiler = CROSS_COMPILERS.get(arch)
-    if compiler is None or shutil.which(compiler) is None:
-        raise TvmPatternError(f"target {arch or target.kind.name} needs a cross compiler ({compiler}); none found")
-    from tvm.support.cc import cross_compiler
-
-    return {"fcompile": cross_compiler(compiler)}
+    """A cross compiler for targets this machine cannot link for (arm, mali's aarch64 host); see ``cross``."""
+    return export_options(target)
 
 
 class CompiledModel:

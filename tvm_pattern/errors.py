@@ -15,3 +15,7 @@ class ModelError(TvmPatternError):
 
 class DatasetNotFoundError(TvmPatternError, FileNotFoundError):
     """The dataset files are not where we looked."""
+
+
+class RPCError(TvmPatternError):
+    """A remote device (RPC tracker or server, the emulated phone) that cannot be set up, started or reached."""
