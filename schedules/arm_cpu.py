@@ -14,18 +14,13 @@ with this module's block shapes); only the register file differs, and so the def
 from __future__ import annotations
 
 from . import x86
-from .x86 import _acc_budget, _block_shape, apply_default, knob_choices, materialize, sample, schedule
+from .x86 import apply_default, knob_choices, materialize, sample, schedule
 
 __all__ = ["NEON_LANES", "NEON_REGISTERS", "apply_default", "candidate_configs", "default_config", "knob_choices",
            "materialize", "sample", "schedule", "tuning_task"]  # fmt: skip
 
 NEON_LANES = 4  # fp32 lanes of a 128-bit NEON register
 NEON_REGISTERS = 32  # v0-v31
-MAX_ROWS, MAX_VECTORS = 8, 6  # the block shapes x86's cost model searches
-
-
-def _lanes(ow: int) -> int:
-    return NEON_LANES if ow >= NEON_LANES else 1
 
 
 def _threads(target) -> int:
@@ -35,24 +30,13 @@ def _threads(target) -> int:
 
 def default_config(packed, data_shape, out_shape, target=None) -> dict:
     """The R x NV block of least modelled cost that fits NEON's registers, 4-lane vectors, one thread per core."""
-    oh, ow = out_shape[2], out_shape[3]
-    lanes = _lanes(ow)
-    rows, vectors = _block_shape(oh, ow, _acc_budget(NEON_REGISTERS, packed.n), lanes, packed.n)
-    return {"rows": rows, "cols": vectors * lanes, "vector": lanes, "unroll": 64, "peel": True,
-            "threads": _threads(target)}  # fmt: skip
+    return x86.block_config(out_shape, packed.n, NEON_REGISTERS, NEON_LANES, _threads(target))
 
 
 def candidate_configs(packed, data_shape, out_shape, target=None) -> list[dict]:
-    """Every (rows, vectors) block within the NEON register budget, 4 lanes (one generated module each)."""
+    """Every (rows, vectors) block within the NEON register budget, 4 lanes."""
     base = default_config(packed, data_shape, out_shape, target)
-    oh, ow = out_shape[2], out_shape[3]
-    budget, lanes = _acc_budget(NEON_REGISTERS, packed.n), base["vector"]
-    return [
-        {**base, "rows": r, "cols": v * lanes}
-        for r in range(1, min(oh, MAX_ROWS) + 1)
-        for v in range(1, min(-(-ow // lanes), MAX_VECTORS) + 1)
-        if r * v <= budget and v * lanes <= ow
-    ]
+    return x86.block_candidates(base, out_shape, packed.n, NEON_REGISTERS)
 
 
 def tuning_task(packed, data_shape, strides, padding, bias, relu: bool, target):

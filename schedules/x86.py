@@ -101,40 +101,36 @@ def _block_shape(oh: int, ow: int, budget: int, lanes: int, taps: int) -> tuple[
     return best
 
 
-def default_config(packed, data_shape, out_shape, target=None) -> dict:
-    """Good knobs for one layer: the R x NV block that fits the registers and wastes least, 8-lane vectors."""
+def block_config(out_shape, taps: int, registers: int, max_lanes: int, threads: int) -> dict:
+    """The R x NV block of least modelled cost whose accumulators fit ``registers`` vector registers."""
     oh, ow = out_shape[2], out_shape[3]
-    regs = vector_registers(target)
-    budget = _acc_budget(regs, packed.n)
-    lanes = 8 if ow >= 8 else 4 if ow >= 4 else 1
-    rows, vectors = _block_shape(oh, ow, budget, lanes, packed.n)
-    threads = int(target.attrs.get("num-cores", 0)) if target is not None else 0
-    return {
-        "rows": rows,
-        "cols": vectors * lanes,
-        "vector": lanes,
-        "unroll": 64,
-        "peel": True,
-        "threads": threads or min(2, os.cpu_count() or 1),
-    }
+    lanes = max_lanes if ow >= max_lanes else 4 if ow >= 4 else 1
+    rows, vectors = _block_shape(oh, ow, _acc_budget(registers, taps), lanes, taps)
+    return {"rows": rows, "cols": vectors * lanes, "vector": lanes, "unroll": 64, "peel": True, "threads": threads}
 
 
-def candidate_configs(packed, data_shape, out_shape, target=None) -> list[dict]:
-    """The structural knobs a tuner enumerates for one layer (one generated module each).
-
-    Every (rows, vectors) block within the register budget, 8 lanes; the schedule decisions of each
-    module are then sampled by ``sample``.
-    """
-    base = default_config(packed, data_shape, out_shape, target)
+def block_candidates(base: dict, out_shape, taps: int, registers: int) -> list[dict]:
+    """Every (rows, vectors) block of ``base``'s lanes within the register budget."""
     oh, ow = out_shape[2], out_shape[3]
-    budget = _acc_budget(vector_registers(target), packed.n)
-    lanes = base["vector"]
+    budget, lanes = _acc_budget(registers, taps), base["vector"]
     return [
         {**base, "rows": r, "cols": v * lanes}
         for r in range(1, min(oh, 8) + 1)
         for v in range(1, min(-(-ow // lanes), 6) + 1)
         if r * v <= budget and v * lanes <= ow
     ]
+
+
+def default_config(packed, data_shape, out_shape, target=None) -> dict:
+    """Good knobs for one layer: the R x NV block that fits the registers and wastes least, 8-lane vectors."""
+    threads = int(target.attrs.get("num-cores", 0)) if target is not None else 0
+    return block_config(out_shape, packed.n, vector_registers(target), 8, threads or min(2, os.cpu_count() or 1))
+
+
+def candidate_configs(packed, data_shape, out_shape, target=None) -> list[dict]:
+    """The register blocks a tuner picks from for one layer (the ``block`` knob of ``tuning_task``)."""
+    base = default_config(packed, data_shape, out_shape, target)
+    return block_candidates(base, out_shape, packed.n, vector_registers(target))
 
 
 def _variant_blocks(sch: s_tir.Schedule, k: int, v: int) -> list:
