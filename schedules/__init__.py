@@ -1,8 +1,10 @@
 """Per-target schedule templates for the pattern-sparse conv2d (shipped as ``tvm_pattern.schedules``).
 
-One module per device family; adding a device is adding one file here. ``REGISTRY`` maps a target kind /
-key to its module; every module provides ``default_config`` / ``candidate_configs`` (structural knobs),
-``apply_default`` / ``schedule`` / ``sample`` (schedule decisions) and ``host_target``.
+One module per device family (``family(target)``): ``x86`` and ``arm_cpu`` schedule the CPU kernel that
+``tvm_pattern.sparse_conv`` generates (``default_config`` / ``candidate_configs``, ``schedule`` /
+``apply_default``); ``mali`` generates its own OpenCL loop nest (``generate``). Every module provides
+``tuning_task`` (the layer as a MetaSchedule workload, every knob a sample; see ``space``) and
+``materialize`` (the kernel for sampled knobs). Adding a device is adding one file and a ``REGISTRY`` entry.
 """
 
 from __future__ import annotations

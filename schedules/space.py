@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import tvm
+import tvm_ffi
 from tvm import s_tir
 from tvm.ir import IRModule
 from tvm.ir.utils import derived_object
@@ -138,12 +139,20 @@ class MaterializedFeatures(PyFeatureExtractor):
     """MetaSchedule's per-store features of the *materialized* kernels (what ``XGBModel`` should learn from).
 
     The template's own IR is the same for every sample; only the generated kernel shows the block shape.
+    Features are cached per scheduled template: the evolutionary search scores thousands of samples drawn
+    from a few hundred knob combinations, and generating a kernel takes a fraction of a second.
     """
 
     def __init__(self, extractor=None) -> None:
         super().__init__()
         self.extractor = extractor or ms.feature_extractor.PerStoreFeature()
+        self.cache: dict[int, tvm.runtime.Tensor] = {}
 
     def extract_from(self, context, candidates):
-        real = [ms.MeasureCandidate(s_tir.Schedule(materialize_module(c.sch.mod)), c.args_info) for c in candidates]
-        return self.extractor.extract_from(context, real)
+        keys = [tvm_ffi.structural_hash(c.sch.mod) for c in candidates]
+        missing = {k: c for k, c in zip(keys, candidates, strict=True) if k not in self.cache}
+        if missing:
+            real = [ms.MeasureCandidate(s_tir.Schedule(materialize_module(c.sch.mod)), c.args_info)
+                    for c in missing.values()]
+            self.cache.update(zip(missing, self.extractor.extract_from(context, real), strict=True))
+        return [self.cache[k] for k in keys]
