@@ -15,7 +15,8 @@ knobs are sampled as trace instructions (``sample_categorical``, recorded on the
 ``tvm_pattern.knob.<name>`` annotations), and ``materialize`` generates the kernel they select. The template
 describes itself (``tvm_pattern.template`` on its root block: the family, the layer, the knob choices), so a
 builder worker or a later compile needs nothing but the IRModule. MetaSchedule's search, XGBoost cost model
-(fed with the *materialized* kernel's features), database and replay are used as they are.
+(fed with the knob values, which determine the kernel: ``tune.KnobFeatures``), database and replay are used
+as they are.
 """
 
 from __future__ import annotations
@@ -26,18 +27,15 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import tvm
-import tvm_ffi
 from tvm import s_tir
 from tvm.ir import IRModule
-from tvm.ir.utils import derived_object
 from tvm.s_tir import meta_schedule as ms
-from tvm.s_tir.meta_schedule.feature_extractor import PyFeatureExtractor
 
 TEMPLATE = "tvm_pattern.template"  # root-block annotation: JSON describing the layer and its knob choices
 KNOB = "tvm_pattern.knob."  # root-block annotation prefix: one sampled value per knob
 
-__all__ = ["KNOB", "TEMPLATE", "MaterializedFeatures", "TuningTask", "build", "design_space", "knobs",
-           "materialize", "materialize_module", "template", "template_mod"]
+__all__ = ["KNOB", "TEMPLATE", "TuningTask", "build", "design_space", "knobs", "materialize", "materialize_module",
+           "template", "template_mod"]
 
 
 @dataclass(frozen=True)
@@ -79,8 +77,11 @@ def template_mod(func: tvm.tirx.PrimFunc, description: dict) -> IRModule:
     return sch.mod
 
 
-def design_space(choices: dict[str, list[int]]) -> ms.space_generator.ScheduleFn:
+def design_space(choices: dict[str, list[int]], default: dict[str, int] | None = None) -> ms.space_generator.ScheduleFn:
     """A ScheduleFn sampling one value per knob, uniformly, recorded on the root block.
+
+    ``default``: the untuned knobs; the design space's own trace carries them as its decisions, so a tuner
+    can measure the untuned kernel first and never return anything slower.
 
     No schedule rules or postprocs: the template is generated code, not a compute to tile, and the
     default ``DisallowDynamicLoop`` postproc would reject its kernel-list loops. No mutator applies to
@@ -92,7 +93,9 @@ def design_space(choices: dict[str, list[int]]) -> ms.space_generator.ScheduleFn
         root = sch.get_sblock("root")
         for name in names:
             values = [int(v) for v in choices[name]]
-            value = sch.sample_categorical(values, [1.0 / len(values)] * len(values))
+            pick = (default or {}).get(name)
+            decision = values.index(int(pick)) if pick is not None and int(pick) in values else None
+            value = sch.sample_categorical(values, [1.0 / len(values)] * len(values), decision=decision)
             sch.annotate(root, KNOB + name, value)
         return sch
 
@@ -127,32 +130,10 @@ def materialize_module(mod: IRModule) -> IRModule:
     return mod
 
 
-def build(mod: IRModule, target: tvm.target.Target, params=None) -> tvm.runtime.Module:
-    """A MetaSchedule builder's ``f_build``: materialize the templates, then build as MetaSchedule does."""
-    from tvm.s_tir.meta_schedule.builder.local_builder import default_build
+def build(mod: IRModule, target: tvm.target.Target, _params=None) -> tvm.runtime.Module:
+    """A MetaSchedule builder's ``f_build``: generate the kernels the sampled knobs select, then compile.
 
-    return default_build(materialize_module(mod), target, params)
-
-
-@derived_object
-class MaterializedFeatures(PyFeatureExtractor):
-    """MetaSchedule's per-store features of the *materialized* kernels (what ``XGBModel`` should learn from).
-
-    The template's own IR is the same for every sample; only the generated kernel shows the block shape.
-    Features are cached per scheduled template: the evolutionary search scores thousands of samples drawn
-    from a few hundred knob combinations, and generating a kernel takes a fraction of a second.
+    Not MetaSchedule's ``default_build``: it imports ``tvm.s_tir.tensor_intrin``, which takes minutes in every
+    new builder process here (it parses every CUDA / ROCm / Hexagon intrinsic); these kernels use none.
     """
-
-    def __init__(self, extractor=None) -> None:
-        super().__init__()
-        self.extractor = extractor or ms.feature_extractor.PerStoreFeature()
-        self.cache: dict[int, tvm.runtime.Tensor] = {}
-
-    def extract_from(self, context, candidates):
-        keys = [tvm_ffi.structural_hash(c.sch.mod) for c in candidates]
-        missing = {k: c for k, c in zip(keys, candidates, strict=True) if k not in self.cache}
-        if missing:
-            real = [ms.MeasureCandidate(s_tir.Schedule(materialize_module(c.sch.mod)), c.args_info)
-                    for c in missing.values()]
-            self.cache.update(zip(missing, self.extractor.extract_from(context, real), strict=True))
-        return [self.cache[k] for k in keys]
+    return tvm.tirx.build(materialize_module(mod), target=target)

@@ -255,7 +255,11 @@ def tuning_task(packed, data_shape, strides, padding, bias, relu: bool, target, 
     shape = "x".join(map(str, data_shape))
     name = (f"pattern_conv2d_{family}_{shape}_o{packed.out_channels}_s{strides[0]}{strides[1]}"
             f"_k{packed.k}n{packed.n}_nnz{packed.nnz}")
-    return TuningTask(name, template_mod(func, description), design_space(choices), arrays)
+    shapes = [(c["rows"], c["cols"]) for c in candidates]
+    default = {"lanes": base["vector"], "threads": base["threads"], "unroll": base["unroll"], "peel": int(base["peel"])}
+    if (base["rows"], base["cols"]) in shapes:
+        default["block"] = shapes.index((base["rows"], base["cols"]))
+    return TuningTask(name, template_mod(func, description), design_space(choices, default), arrays)
 
 
 def materialize(description: dict, knobs: dict[str, int]) -> tvm.tirx.PrimFunc:

@@ -26,7 +26,7 @@ import numpy as np
 from .errors import TvmPatternError
 from .library import PatternLibrary, best_fit
 
-__all__ = ["SUITES", "Layer", "prune_suite", "run_bench"]
+__all__ = ["SUITES", "Layer", "prune_suite", "run_bench", "run_tuned_bench"]
 
 CONNECTIVITY = 3.6
 PAUSE_S = 1.0
@@ -381,6 +381,68 @@ def run_bench(
     if json_path:
         Path(json_path).write_text(json.dumps(result, indent=1))
     return result
+
+
+def run_tuned_bench(
+    names: list[str],
+    trials: int = 64,
+    work_dir: str | None = None,
+    compression: float = 8.0,
+    threads: int = 2,
+    repeats: int = 15,
+    progress: bool = True,
+    json_path: str | None = None,
+) -> dict:
+    """Tuned vs untuned (default knobs) pattern-sparse kernel for some VGG-16 layers (``bench --tuned``).
+
+    All layers are tuned in one job (``trials`` each; an existing ``work_dir`` database is continued), then
+    both kernels of each layer are timed here and checked to agree. Prints latencies, ratio and tuning time.
+    """
+    import tvm
+
+    from .format import pack
+    from .schedules import x86
+    from .sparse_conv import tuning_task
+    from .tune import open_database, tune, tuned_kernel
+
+    layers = SUITES["vgg16"]
+    unknown = sorted(set(names) - {ly.name for ly in layers})
+    if unknown or not names:
+        raise TvmPatternError(f"unknown VGG-16 layer(s) {unknown or names}; choose from {[ly.name for ly in layers]}")
+    x86.runtime_threads(threads)
+    weights, library = prune_suite(layers, float(compression))
+    chosen = [(ly, w) for ly, w in zip(layers, weights, strict=True) if ly.name in names]
+    target = _target(threads)
+    work = Path(work_dir) if work_dir else Path(tempfile.mkdtemp(prefix="tvm-pattern-tuned-bench-"))
+    tasks = [tuning_task(pack(w, library), (1, ly.cin, ly.size, ly.size), (ly.stride,) * 2, (1, 1, 1, 1),
+                         False, False, target) for ly, w in chosen]  # fmt: skip
+    results = tune(tasks, target, work, trials, progress=progress)
+    database = open_database(work)
+    time.sleep(PAUSE_S)
+    rows = []
+    for (ly, w), task, result in zip(chosen, tasks, results, strict=True):
+        fn, args = _sparse_layer(ly, w, library, target)
+        untuned_ms = _time_tvm(fn, args, repeats)
+        untuned_out = args[-1].numpy()
+        func = tuned_kernel(task, database, target)
+        if func is None:
+            raise TvmPatternError(f"{ly.name}: tuning produced no successful measurement (see {work}/logs)")
+        dev = tvm.cpu()
+        tuned_args = [args[0], *[tvm.runtime.tensor(a, dev) for a in task.arrays],
+                      tvm.runtime.tensor(np.zeros(untuned_out.shape, np.float32), dev)]  # fmt: skip
+        tuned_ms = _time_tvm(_compile_prim(func, target), tuned_args, repeats)
+        err = float(np.abs(tuned_args[-1].numpy() - untuned_out).max())
+        rows.append({"name": ly.name, "untuned_ms": untuned_ms, "tuned_ms": tuned_ms, "speedup": untuned_ms / tuned_ms,
+                     "trials": result.trials, "tuning_s": result.seconds, "max_abs_diff": err})  # fmt: skip
+    print(f"{'layer':<10}{'untuned ms':>12}{'tuned ms':>10}{'speedup':>9}{'trials':>8}{'tuning s':>10}")
+    for r in rows:
+        print(f"{r['name']:<10}{r['untuned_ms']:>12.3f}{r['tuned_ms']:>10.3f}{r['speedup']:>8.2f}x"
+              f"{r['trials']:>8}{r['tuning_s']:>10.0f}")
+    out = {"suite": "vgg16", "compression": float(compression), "threads": threads, "repeats": repeats,
+           "target": str(target), "cpu": _cpu_name(), "work_dir": str(work), "layers": rows}  # fmt: skip
+    if json_path:
+        Path(json_path).write_text(json.dumps(out, indent=1))
+    return out
 
 
 def _cpu_name() -> str:

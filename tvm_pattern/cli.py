@@ -1,4 +1,4 @@
-"""The ``tvm-pattern`` command line: prune, compile, bench, demo."""
+"""The ``tvm-pattern`` command line: prune, compile, tune, bench, demo, phone."""
 
 from __future__ import annotations
 
@@ -64,7 +64,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="library to write (.so)")
     p.add_argument("--patterns", help="patterns.json to check the weights against (default: infer from the zeros)")
     p.add_argument("--strict", action="store_true", help="fail if an eligible 3x3 conv is not pattern-sparse")
+    p.add_argument("--db", help="a `tune` work directory: use its best schedule for every layer it tuned")
     p.set_defaults(func=cmd_compile)
+
+    p = sub.add_parser("tune", help="tune the pattern-sparse layers of an ONNX model (MetaSchedule + XGBoost)")
+    p.add_argument("model", help="ONNX model, e.g. the model.onnx that `prune` wrote")
+    p.add_argument("--target", default="x86", help="x86 (default, this host), arm, mali, or a TVM target tag")
+    p.add_argument("--trials", type=int, default=64, help="measured schedules per distinct layer (default 64)")
+    p.add_argument("--work-dir", required=True,
+                   help="tuning database (MetaSchedule JSON); rerun to continue, `compile --db` to use it")
+    p.add_argument("--tracker", help="HOST:PORT of a TVM RPC tracker: measure on its servers (default: here)")
+    p.add_argument("--key", help="device key of the servers at --tracker, e.g. phone")
+    p.add_argument("--patterns", help="patterns.json to check the weights against (default: infer from the zeros)")
+    p.add_argument("--timeout", type=float, default=60.0, help="seconds one RPC measurement may take (default 60)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=cmd_tune)
 
     p = sub.add_parser("bench", help="benchmark a suite's 3x3 convs: PyTorch dense vs TVM dense vs pattern-sparse")
     p.add_argument("--suite", default="vgg16", choices=("vgg16", "resnet18", "resnet50"))
@@ -74,6 +88,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=2, help="threads for every side (default 2)")
     p.add_argument("--repeats", type=int, default=15, help="timed runs per layer; medians are reported")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--tuned", action="store_true", help="tuned vs untuned kernel for --layers of VGG-16 instead")
+    p.add_argument("--layers", default="conv2_2,conv3_2,conv4_2", help="VGG-16 layers for --tuned")
+    p.add_argument("--trials", type=int, default=64, help="tuning trials per layer for --tuned (default 64)")
+    p.add_argument("--work-dir", help="tuning database for --tuned (default: a new temporary folder)")
     p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("demo", help="the main job: prune the demo CNN on Fashion-MNIST and show the results")
@@ -177,13 +195,25 @@ def cmd_prune(args: argparse.Namespace) -> int:
 def cmd_compile(args: argparse.Namespace) -> int:
     from .compiler import compile_command
 
-    compile_command(args.model, args.target, args.out, args.patterns, args.strict)
+    compile_command(args.model, args.target, args.out, args.patterns, args.strict, database=args.db)
+    return 0
+
+
+def cmd_tune(args: argparse.Namespace) -> int:
+    from .tune import tune_file
+
+    tune_file(args.model, args.target, args.work_dir, args.trials, args.tracker, args.key, args.patterns,
+              timeout=args.timeout, progress=not args.quiet)  # fmt: skip
     return 0
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from .bench import run_bench
+    from .bench import run_bench, run_tuned_bench
 
+    if args.tuned:
+        run_tuned_bench(args.layers.split(","), args.trials, args.work_dir, args.compression, threads=args.threads,
+                        repeats=args.repeats, progress=not args.quiet, json_path=args.json)  # fmt: skip
+        return 0
     run_bench(args.suite, args.compression, args.json, threads=args.threads, repeats=args.repeats,
               progress=not args.quiet)  # fmt: skip
     return 0

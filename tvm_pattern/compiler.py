@@ -72,15 +72,18 @@ def build(
     strict: bool = False,
     reports: list[ConvReport] | None = None,
     dense_kernel: bool = True,
+    database=None,
 ) -> tvm.runtime.Executable:
     """Rewrite the pattern-sparse convs, then compile with the target's standard Relax pipeline.
 
     The standard CPU pipeline leaves every dense op unscheduled (single-threaded): ``dense_kernel`` runs
     unpruned 3x3 convs through the generated kernel (one 9-tap pattern), and ``ParallelizeDense`` spreads
     the other dense ops over the cores. ``reports``, if given, receives one ``ConvReport`` per conv2d.
+    ``database``: a tuning job's work directory (``tvm-pattern tune``) or a MetaSchedule database; layers
+    it has records for get their best tuned kernel.
     """
     target = resolve_target(target)
-    sparse = PatternSparseConv2d(library, strict=strict, target=target, dense_kernel=dense_kernel)
+    sparse = PatternSparseConv2d(library, strict=strict, target=target, dense_kernel=dense_kernel, database=database)
     with target:
         mod = sparse(mod)
     if reports is not None:
@@ -183,14 +186,22 @@ def compile_file(
     patterns: PatternLibrary | str | os.PathLike | None = None,
     strict: bool = False,
     reports: list[ConvReport] | None = None,
+    database=None,
 ) -> Path:
-    """Compile an ONNX model to a shared library at ``out_path``; nothing is left half-written."""
+    """Compile an ONNX model to a shared library at ``out_path``; nothing is left half-written.
+
+    ``database``: a tuning job's work directory (or a MetaSchedule database) whose best schedules to use.
+    """
     target = resolve_target(target)
     out = Path(out_path)
     if not out.parent.is_dir():
         raise TvmPatternError(f"output directory {out.parent} does not exist")
     options = _export_options(target)  # before the long build: fail fast without a cross compiler
-    executable = build(import_onnx(onnx_path), target, patterns, strict, reports)
+    if isinstance(database, (str, os.PathLike)):
+        from .tune import open_database
+
+        database = open_database(database)  # before the long build too
+    executable = build(import_onnx(onnx_path), target, patterns, strict, reports, database=database)
     tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp{out.suffix or '.so'}")
     try:
         executable.export_library(str(tmp), **options)
@@ -246,11 +257,13 @@ def compile_command(
     patterns: str | os.PathLike | None = None,
     strict: bool = False,
     echo: Callable[[str], None] = print,
+    database: str | os.PathLike | None = None,
 ) -> Path:
     """``tvm-pattern compile``: compile, print what happened to every conv, return the library's path."""
     reports: list[ConvReport] = []
-    path = compile_file(model, target, out, patterns, strict, reports)
+    path = compile_file(model, target, out, patterns, strict, reports, database=database)
     for report in reports:
         echo(f"  {report}")
-    echo(f"{sum(r.sparse for r in reports)}/{len(reports)} conv2d pattern-sparse; wrote {path}")
+    tuned = f", {sum(r.tuned for r in reports)} with tuned kernels from {database}" if database is not None else ""
+    echo(f"{sum(r.sparse for r in reports)}/{len(reports)} conv2d pattern-sparse{tuned}; wrote {path}")
     return path

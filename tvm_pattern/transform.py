@@ -58,6 +58,7 @@ class ConvReport:
     kept_kernels: int = 0
     patterns: int = 0
     dense_kernel: bool = False  # an unpruned conv run by the generated kernel as one 9-tap pattern
+    tuned: bool = False  # its kernel is the best schedule of a tuning database
 
     @property
     def sparse(self) -> bool:
@@ -68,7 +69,7 @@ class ConvReport:
         if not self.rewritten:
             return f"{self.name} [{shape}]: dense ({self.reason})"
         total = int(np.prod(self.weight_shape[:2]))
-        fused = "".join(f" +{e}" for e in self.epilogue)
+        fused = "".join(f" +{e}" for e in self.epilogue) + (", tuned" if self.tuned else "")
         if self.dense_kernel:
             return f"{self.name} [{shape}]: dense, run by the generated kernel as one 9-tap pattern{fused}"
         return (
@@ -293,6 +294,9 @@ class PatternSparseConv2d:
     (default: the current one). ``config``: knobs overriding the schedule's defaults for every conv.
     ``dense_kernel``: also run unpruned 3x3 convs through the generated kernel as one 9-tap pattern, a
     register-blocked direct conv, since TVM's stock CPU pipeline leaves a dense conv unscheduled.
+    ``database``: a MetaSchedule database (or a tuning job's work directory, see ``tvm_pattern.tune``); a conv
+    whose tuning task has a record there gets the kernel of its best schedule, the others the default kernel.
+    ``collect_tasks``: also put each rewritten conv's ``TuningTask`` in ``tasks`` (what ``tune`` measures).
     After a run, ``summary`` lists a ``ConvReport`` per conv2d.
     """
 
@@ -303,13 +307,18 @@ class PatternSparseConv2d:
         target: Target | str | None = None,
         config: dict | None = None,
         dense_kernel: bool = False,
+        database=None,
+        collect_tasks: bool = False,
     ) -> None:
         self.library = _load_library(library)
         self.strict = strict
         self.dense_kernel = dense_kernel
         self.target = target
         self.config = config
+        self.database = _load_database(database)
+        self.collect_tasks = collect_tasks
         self.summary: list[ConvReport] = []
+        self.tasks: list = []  # schedules.space.TuningTask per rewritten conv, if collect_tasks
 
     @property
     def rewritten(self) -> list[ConvReport]:
@@ -318,6 +327,7 @@ class PatternSparseConv2d:
 
     def transform_module(self, mod: IRModule, _ctx: tvm.transform.PassContext) -> IRModule:
         self.summary = []
+        self.tasks = []
         rewriter = _Rewriter(mod)
         for gvar, func in mod.functions_items():
             if not isinstance(func, relax.Function) or _is_kernel(func):
@@ -354,10 +364,10 @@ class PatternSparseConv2d:
             if epi.scale is not None:  # scaling filters keeps every zero: the patterns are unchanged
                 weight = (weight * epi.scale[:, None, None, None]).astype(np.float32)
             packed, dense_kernel = _pack(weight, self.library, self.dense_kernel)
-            plan = self._build(name, call, packed, epi.bias, epi.relu, out_shape, builder)
+            plan, tuned = self._build(name, call, packed, epi.bias, epi.relu, out_shape, builder)
         except _Dense as dense:
             return self._leave_dense(name, weight_shape or (), dense), None
-        report = ConvReport(name, weight_shape, True, "", epi.names, packed.nnz, packed.k, dense_kernel)
+        report = ConvReport(name, weight_shape, True, "", epi.names, packed.nnz, packed.k, dense_kernel, tuned)
         log.info("%s", report)
         return report, (epi.tail, plan)
 
@@ -368,33 +378,59 @@ class PatternSparseConv2d:
         (log.info if dense.conforming else log.warning)("%s", report)
         return report
 
-    def _build(self, name, call, packed, bias, relu, out_shape, builder) -> _Plan:
-        from .sparse_conv import sparse_conv2d  # the kernel generator; imported late, it is heavy
+    def _build(self, name, call, packed, bias, relu, out_shape, builder) -> tuple[_Plan, bool]:
+        """The ``call_tir`` plan of one conv and whether its kernel is a tuned one."""
+        from .sparse_conv import sparse_conv2d, tuning_task  # the kernel generator; imported late, it is heavy
 
         attrs = call.attrs
+        layer = {
+            "data_shape": _static_shape(call.args[0].ty),
+            "strides": tuple(int(s) for s in attrs.strides),
+            "padding": tuple(int(p) for p in attrs.padding),
+            "relu": relu,
+            "target": self._target(),
+        }
         try:
-            kernel = sparse_conv2d(
-                packed,
-                _static_shape(call.args[0].ty),
-                strides=tuple(int(s) for s in attrs.strides),
-                padding=tuple(int(p) for p in attrs.padding),
-                bias=bias is not None,
-                relu=relu,
-                target=self._target(),
-                config=self.config,
-            )
+            task = None
+            if self.collect_tasks or self.database is not None:
+                task = tuning_task(packed, bias=bias if bias is not None else False, **layer)
+                if self.collect_tasks:
+                    self.tasks.append(task)
+            tuned = self._tuned(name, task, layer["target"]) if self.database is not None else None
+            kernel = None if tuned is not None else sparse_conv2d(packed, bias=bias is not None, config=self.config,
+                                                                  **layer)  # fmt: skip
         except PatternError as err:  # a shape the kernel generator refuses
             raise _Dense(f"the sparse kernel cannot run it: {err}", False) from err
-        if tuple(kernel.out_shape) != out_shape:
+        if kernel is not None and tuple(kernel.out_shape) != out_shape:
             raise PatternError(f"{name}: sparse kernel output shape {kernel.out_shape} != conv2d's {out_shape}")
-        func = kernel.func.without_attr("global_symbol").with_attr("op_pattern", OPAQUE)
-        gvar = builder.add_func(func, "pattern_conv2d")
-        return _Plan(call.args[0], gvar, tuple(kernel.arrays), bias, out_shape)
+        func = tuned if tuned is not None else kernel.func
+        gvar = builder.add_func(func.without_attr("global_symbol").with_attr("op_pattern", OPAQUE), "pattern_conv2d")
+        if tuned is not None:  # the task's arrays are the tuned kernel's arguments, bias included
+            return _Plan(call.args[0], gvar, tuple(task.arrays), None, out_shape), True
+        return _Plan(call.args[0], gvar, tuple(kernel.arrays), bias, out_shape), False
+
+    def _tuned(self, name: str, task, target: Target | None):
+        """The kernel of ``task``'s best record in the database, or None (logged: the default kernel is used)."""
+        from .tune import tuned_kernel
+
+        func = tuned_kernel(task, self.database, target if target is not None else resolve_target(None))
+        if func is None:
+            log.info("%s: no tuning record for %s, default kernel", name, task.name)
+        return func
 
     def _target(self) -> Target | None:
         if self.target is not None:
             return resolve_target(self.target)
         return Target.current(allow_none=True)
+
+
+def _load_database(database):
+    """A MetaSchedule database, or a tuning job's work directory opened as its JSON database."""
+    if database is None or not isinstance(database, (str, os.PathLike)):
+        return database
+    from .tune import open_database
+
+    return open_database(database)
 
 
 def _is_kernel(func: relax.Function) -> bool:
