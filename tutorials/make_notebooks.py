@@ -236,7 +236,147 @@ COMPILING = [
 ]
 
 
+TUNING = [
+    new_markdown_cell(
+        "# 3. Tuning over RPC, on an (emulated) phone\n\n"
+        "Every pattern-sparse layer is generated from a template whose knobs (register block, vector lanes,\n"
+        "parallel chunks, unrolling, edge peeling) are MetaSchedule samples. `tvm_pattern.tune` searches them with\n"
+        "MetaSchedule's evolutionary search and XGBoost cost model, measuring candidates on whatever devices are\n"
+        "registered with an RPC tracker under a key, and writes MetaSchedule's JSON database;\n"
+        "`compile_file(..., database=...)` (`tvm-pattern compile --db`) builds with each layer's best schedule.\n\n"
+        "There is no phone here, so this notebook starts an **emulated aarch64 phone**: Debian's arm64 Python with\n"
+        "TVM's aarch64 runtime under qemu-user, serving TVM RPC (`tvm_pattern.phone`; set-up is cached in\n"
+        "`~/.cache/tvm-pattern/phone`). Times measured under emulation say nothing about a real phone: here they\n"
+        "only show the machinery. The last section lists the steps for a real Android phone."
+    ),
+    new_code_cell(
+        "%matplotlib inline\n"
+        "import tempfile\n"
+        "from pathlib import Path\n\n"
+        "import matplotlib.pyplot as plt\n"
+        "import numpy as np\n"
+        "import torch\n"
+        "import tvm\n"
+        "from torch import nn\n"
+        "from tvm import relax\n\n"
+        "from tvm_pattern import compiler, rpc, tune\n"
+        "from tvm_pattern.artifacts import export_onnx\n"
+        "from tvm_pattern.library import PatternLibrary, candidate_patterns\n"
+        "from tvm_pattern.phone import EmulatedPhone\n"
+        "from tvm_pattern.projection import kept_kernels, project_connectivity, project_patterns\n\n"
+        "TRIALS = 6  # per layer; real jobs use hundreds\n"
+        "torch.manual_seed(0)\n"
+        "work = Path(tempfile.mkdtemp())"
+    ),
+    new_markdown_cell(
+        "## A small pattern-pruned model\n\n"
+        "Two 3x3 convs projected onto 8 four-tap patterns and onto 1/3.6 of their kernels (what ADMM training\n"
+        "converges to; notebook 1 does the real pruning), exported to ONNX."
+    ),
+    new_code_cell(
+        "library = PatternLibrary(candidate_patterns(4)[:8])\n"
+        "model = nn.Sequential(nn.Conv2d(8, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 16, 3, padding=1), nn.ReLU())\n"
+        "patterns = torch.from_numpy(library.patterns.astype(np.float32))\n"
+        "with torch.no_grad():\n"
+        "    for conv in (model[0], model[2]):\n"
+        "        w = project_patterns(conv.weight, patterns)\n"
+        "        conv.weight.copy_(project_connectivity(w, kept_kernels(w.shape[0] * w.shape[1], 3.6)))\n"
+        "model.eval()\n"
+        "x = torch.randn(1, 8, 20, 20)\n"
+        "onnx_path = work / 'model.onnx'\n"
+        "export_onnx(model, x, onnx_path)\n"
+        "with torch.no_grad():\n"
+        "    expected = model(x).numpy()\n"
+        "print(onnx_path, expected.shape)"
+    ),
+    new_markdown_cell(
+        "## A tracker and the phone\n\n"
+        "`rpc.Tracker` runs TVM's tracker; the phone's RPC server registers with it under the key `phone`.\n"
+        "Several servers under one key share a tuning job (one runner worker each): that is how a job scales out\n"
+        "to a fleet of phones."
+    ),
+    new_code_cell(
+        "tracker = rpc.Tracker().start()\n"
+        "phone = EmulatedPhone()\n"
+        "phone.setup()\n"
+        "server = phone.server(tracker=tracker.address, key='phone').start()\n"
+        "tracker_address = '{}:{}'.format(*tracker.address)\n"
+        "print('tracker at', tracker_address, '->', rpc.tracker_servers(tracker.address))"
+    ),
+    new_markdown_cell(
+        "## Tune\n\n"
+        "The same as `tvm-pattern tune model.onnx --target arm --trials 6 --work-dir DIR --tracker HOST:PORT\n"
+        "--key phone`. Builders cross-compile for aarch64 on this machine; the phone runs each candidate with the\n"
+        "layer's real index arrays. The first candidate of each layer is the untuned template, so the result is\n"
+        "never slower than the default. Rerunning the same job continues it and measures nothing twice."
+    ),
+    new_code_cell(
+        "db_dir = work / 'tuned'\n"
+        "results = tune.tune_file(onnx_path, 'arm', db_dir, TRIALS, tracker_address, 'phone',\n"
+        "                         trials_per_iter=3, population=32, timeout=120, progress=False)\n"
+        "print(sorted(p.name for p in db_dir.iterdir()))"
+    ),
+    new_markdown_cell(
+        "## What the search measured\n\n"
+        "Each record in `database_tuning_record.json` is one measured schedule: its trace (the sampled knobs) and\n"
+        "its run times. Emulated times: only their order within one run is meaningful, and not for a phone."
+    ),
+    new_code_cell(
+        "database = tune.open_database(db_dir)\n"
+        "tasks = tune.extract_tasks(compiler.import_onnx(onnx_path), 'arm')\n"
+        "fig, axes = plt.subplots(1, len(tasks), figsize=(4 * len(tasks), 3), squeeze=False)\n"
+        "for ax, task in zip(axes[0], tasks):\n"
+        "    workload = database.commit_workload(task.mod)\n"
+        "    records = [r for r in database.get_all_tuning_records() if r.workload.same_as(workload)]\n"
+        "    times = [1e3 * float(np.median([float(t) for t in r.run_secs])) for r in records]\n"
+        "    ax.bar(range(len(times)), times, color=['tab:gray'] + ['tab:blue'] * (len(times) - 1))\n"
+        "    ax.set_title(task.name.split('_arm_')[1], fontsize=8)\n"
+        "    ax.set_xlabel('trial (gray: untuned template)')\n"
+        "    ax.set_ylabel('emulated run time (ms)')\n"
+        "plt.tight_layout()\n"
+        "plt.show()"
+    ),
+    new_markdown_cell(
+        "## Apply the database, run on the phone\n\n"
+        "`compile_file(..., database=db_dir)` replays each layer's best trace and generates the kernel its knobs\n"
+        "select; the library is linked with the aarch64 cross compiler, uploaded, and run by the Relax VM on the\n"
+        "phone. Its answers must equal PyTorch's."
+    ),
+    new_code_cell(
+        "reports = []\n"
+        "lib_path = compiler.compile_file(onnx_path, 'arm', work / 'model_arm.so', reports=reports, database=db_dir)\n"
+        "for report in reports:\n"
+        "    print(report)\n"
+        "remote = server.connect()\n"
+        "remote.upload(str(lib_path))\n"
+        "dev = remote.cpu()\n"
+        "vm = relax.VirtualMachine(remote.load_module(lib_path.name), dev)\n"
+        "got = vm['main'](tvm.runtime.tensor(x.numpy(), dev)).numpy()\n"
+        "print('max |difference| from PyTorch:', float(np.abs(got - expected).max()))\n"
+        "np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4)\n"
+        "del vm, remote\n"
+        "server.stop()\n"
+        "tracker.stop()"
+    ),
+    new_markdown_cell(
+        "## On a real Android phone\n\n"
+        "1. Install the Android NDK and `export ANDROID_NDK_HOME=/path/to/ndk` (or `TVM_NDK_CC` = its\n"
+        "   `aarch64-linux-android28-clang++`): builders and `compile` then link with it instead of Debian's\n"
+        "   glibc cross compiler.\n"
+        "2. Start a tracker reachable from the phone: `python -m tvm.exec.rpc_tracker --host 0.0.0.0 --port 9190`\n"
+        "   (over USB: `adb reverse tcp:9190 tcp:9190`).\n"
+        "3. Build and install TVM's RPC app (`apps/android_rpc` in TVM 0.27's source tree) and connect it to the\n"
+        "   tracker with the key `android`; check with `python -m tvm.exec.query_rpc_tracker --port 9190`.\n"
+        "4. `tvm-pattern tune model.onnx --target arm --trials 256 --work-dir tuned --tracker HOST:9190 \\`\n"
+        "   `--key android` (`--target mali` for the GPU; several phones under one key share the job).\n"
+        "5. `tvm-pattern compile model.onnx --target arm --db tuned --out model.so`, then upload and run it as above."
+    ),
+]
+
+
 def write(name: str, cells: list) -> Path:
+    for i, cell in enumerate(cells):
+        cell["id"] = f"cell-{i:02d}"  # stable ids: rewriting a notebook changes only what changed
     notebook = new_notebook(cells=cells, metadata={"kernelspec": {"name": "python3", "display_name": "Python 3"}})
     path = HERE / name
     nbformat.write(notebook, path)
@@ -246,3 +386,4 @@ def write(name: str, cells: list) -> Path:
 if __name__ == "__main__":
     print(write("01_pruning_with_patterns.ipynb", PRUNING))
     print(write("02_compiling_with_relax.ipynb", COMPILING))
+    print(write("03_tuning_over_rpc.ipynb", TUNING))
