@@ -222,6 +222,15 @@ def knob_choices(packed, data_shape, out_shape, target, candidates: list[dict]) 
     }
 
 
+def _untuned_knobs(base: dict, candidates: list[dict]) -> dict[str, int]:
+    """The knob values that select the untuned kernel (``base``, the default config)."""
+    knobs = {"lanes": base["vector"], "threads": base["threads"], "unroll": base["unroll"], "peel": int(base["peel"])}
+    shapes = [(c["rows"], c["cols"]) for c in candidates]
+    if (base["rows"], base["cols"]) in shapes:
+        knobs["block"] = shapes.index((base["rows"], base["cols"]))
+    return knobs
+
+
 def tuning_task(packed, data_shape, strides, padding, bias, relu: bool, target, family: str = "x86"):
     """The layer as a ``TuningTask``: the default kernel as template, every knob a MetaSchedule sample.
 
@@ -244,7 +253,7 @@ def tuning_task(packed, data_shape, strides, padding, bias, relu: bool, target, 
         "family": family, "kernel": KernelSpec.of(packed).to_json(), "data_shape": list(data_shape),
         "strides": list(strides), "padding": list(padding), "bias": bias is not False and bias is not None,
         "relu": bool(relu), "blocks": [[c["rows"], c["cols"]] for c in candidates], "max_groups": max_groups,
-        "default": {**base, "peel": int(base["peel"])},
+        "default": {**base, "peel": int(base["peel"])}, "knobs": _untuned_knobs(base, candidates),
     }
     func = unscheduled(packed, data_shape, strides, padding, description["bias"], relu,
                        {**base, "max_groups": max_groups})
@@ -255,11 +264,7 @@ def tuning_task(packed, data_shape, strides, padding, bias, relu: bool, target, 
     shape = "x".join(map(str, data_shape))
     name = (f"pattern_conv2d_{family}_{shape}_o{packed.out_channels}_s{strides[0]}{strides[1]}"
             f"_k{packed.k}n{packed.n}_nnz{packed.nnz}")
-    shapes = [(c["rows"], c["cols"]) for c in candidates]
-    default = {"lanes": base["vector"], "threads": base["threads"], "unroll": base["unroll"], "peel": int(base["peel"])}
-    if (base["rows"], base["cols"]) in shapes:
-        default["block"] = shapes.index((base["rows"], base["cols"]))
-    return TuningTask(name, template_mod(func, description), design_space(choices, default), arrays)
+    return TuningTask(name, template_mod(func, description), design_space(choices, description["knobs"]), arrays)
 
 
 def materialize(description: dict, knobs: dict[str, int]) -> tvm.tirx.PrimFunc:

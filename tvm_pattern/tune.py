@@ -511,6 +511,21 @@ def _without_tensor_intrinsics() -> Iterator[None]:
             del sys.modules[name]
 
 
+@contextlib.contextmanager
+def _plain_tables() -> Iterator[None]:
+    """MetaSchedule's progress tables as text, also inside Jupyter.
+
+    In a notebook MetaSchedule renders them with pandas, which neither TVM's wheel nor this project needs.
+    """
+    name = "s_tir.meta_schedule.using_ipython"
+    original = tvm_ffi.get_global_func(name)
+    tvm_ffi.register_global_func(name, lambda: False, override=True)
+    try:
+        yield
+    finally:
+        tvm_ffi.register_global_func(name, original, override=True)
+
+
 def _task_logger(work: Path, name: str) -> logging.Logger:
     """MetaSchedule's per-task log (IR, traces, every trial) into ``work/logs/NAME.log``, not the console."""
     logger = logging.getLogger(f"{__name__}.task.{name}")
@@ -684,14 +699,15 @@ def _tune_task(job: _Job, task: TuningTask, trials: int) -> TaskResult:
     job.arguments.use(task)
     run.bar = _progress_bar(job, task.name, run.budget, len(existing))
     try:
-        ms.tune_tasks(
-            tasks=[context], task_weights=[1.0], work_dir=str(job.work), max_trials_global=run.budget,
-            max_trials_per_task=run.budget, num_trials_per_iter=min(job.per_iter, run.budget),
-            builder=builder, runner=runner, database=job.database, cost_model=job.cost_model,
-            measure_callbacks=[_Record(run, job.database, job.target, job.remote),
-                               ms.measure_callback.RemoveBuildArtifact(), ms.measure_callback.UpdateCostModel()],
-            task_scheduler="round-robin",
-        )  # fmt: skip
+        with _plain_tables():
+            ms.tune_tasks(
+                tasks=[context], task_weights=[1.0], work_dir=str(job.work), max_trials_global=run.budget,
+                max_trials_per_task=run.budget, num_trials_per_iter=min(job.per_iter, run.budget),
+                builder=builder, runner=runner, database=job.database, cost_model=job.cost_model,
+                measure_callbacks=[_Record(run, job.database, job.target, job.remote),
+                                   ms.measure_callback.RemoveBuildArtifact(), ms.measure_callback.UpdateCostModel()],
+                task_scheduler="round-robin",
+            )  # fmt: skip
     finally:
         if run.bar is not None:
             run.bar.close()
