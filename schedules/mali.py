@@ -419,9 +419,12 @@ def tuning_task(packed, data_shape, strides, padding, bias, relu: bool, target):
     out_shape = conv_out_shape(data_shape, packed.out_channels, strides, padding)
     base = default_config(packed, data_shape, out_shape, target)
     has_bias = bias is not None and bias is not False
+    choices = knob_choices(packed, data_shape, out_shape, target)
+    untuned = {name: int(base[name]) for name, values in choices.items() if int(base[name]) in values}
     description = {
         "family": "mali", "kernel": KernelSpec.of(packed).to_json(), "data_shape": list(data_shape),
         "strides": list(strides), "padding": list(padding), "bias": has_bias, "relu": bool(relu), "default": base,
+        "knobs": untuned,
     }
     func = _kernel_func(packed, data_shape, strides, padding, has_bias, relu, base)
     arrays = _arrays(packed)
@@ -431,8 +434,7 @@ def tuning_task(packed, data_shape, strides, padding, bias, relu: bool, target):
     shape = "x".join(map(str, data_shape))
     name = (f"pattern_conv2d_mali_{shape}_o{packed.out_channels}_s{strides[0]}{strides[1]}"
             f"_k{packed.k}n{packed.n}_nnz{packed.nnz}")
-    choices = knob_choices(packed, data_shape, out_shape, target)
-    return TuningTask(name, template_mod(func, description), design_space(choices), arrays)
+    return TuningTask(name, template_mod(func, description), design_space(choices, untuned), arrays)
 
 
 def materialize(description: dict, knobs: dict[str, int]) -> tvm.tirx.PrimFunc:
