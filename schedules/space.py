@@ -29,13 +29,15 @@ import numpy as np
 import tvm
 from tvm import s_tir
 from tvm.ir import IRModule
+from tvm.ir.utils import derived_object
 from tvm.s_tir import meta_schedule as ms
+from tvm.s_tir.meta_schedule.mutator import PyMutator
 
 TEMPLATE = "tvm_pattern.template"  # root-block annotation: JSON describing the layer and its knob choices
 KNOB = "tvm_pattern.knob."  # root-block annotation prefix: one sampled value per knob
 
-__all__ = ["KNOB", "TEMPLATE", "TuningTask", "build", "design_space", "knobs", "materialize", "materialize_module",
-           "template", "template_mod"]
+__all__ = ["KNOB", "TEMPLATE", "MutateKnob", "TuningTask", "build", "design_space", "knobs", "materialize",
+           "materialize_module", "template", "template_mod"]
 
 
 @dataclass(frozen=True)
@@ -84,8 +86,8 @@ def design_space(choices: dict[str, list[int]], default: dict[str, int] | None =
     can measure the untuned kernel first and never return anything slower.
 
     No schedule rules or postprocs: the template is generated code, not a compute to tile, and the
-    default ``DisallowDynamicLoop`` postproc would reject its kernel-list loops. No mutator applies to
-    these samples, so the evolutionary search draws fresh samples and the XGBoost model picks among them.
+    default ``DisallowDynamicLoop`` postproc would reject its kernel-list loops. ``MutateKnob`` is the only
+    mutator: it moves one knob of a good schedule to a neighbouring program.
     """
     names = sorted(choices)
 
@@ -99,7 +101,37 @@ def design_space(choices: dict[str, list[int]], default: dict[str, int] | None =
             sch.annotate(root, KNOB + name, value)
         return sch
 
-    return ms.space_generator.ScheduleFn(sample, sch_rules=[], postprocs=[], mutator_probs={})
+    return ms.space_generator.ScheduleFn(sample, sch_rules=[], postprocs=[], mutator_probs={MutateKnob(): 1.0})
+
+
+@derived_object
+class MutateKnob(PyMutator):
+    """Move one sampled knob to another of its values: the evolutionary search's mutation for these templates.
+
+    Why: MetaSchedule's mutators change tile sizes, unroll annotations, parallel extents and thread bindings
+    of its own schedule rules; none changes a plain ``sample_categorical``, so without this the search would
+    only draw fresh samples and never refine a good one.
+    """
+
+    def __init__(self, seed: int = 0) -> None:
+        super().__init__()
+        self.seed = seed
+        self.rng = np.random.default_rng(seed)
+
+    def _initialize_with_tune_context(self, context) -> None:
+        pass
+
+    def apply(self, trace: s_tir.Trace, _rand_state=None) -> s_tir.Trace | None:
+        knobs = [inst for inst in trace.insts if inst.kind.name == "SampleCategorical" and len(inst.attrs[0]) > 1]
+        if not knobs:
+            return None
+        inst = knobs[int(self.rng.integers(len(knobs)))]
+        old, count = int(trace.decisions[inst]), len(inst.attrs[0])
+        new = int(self.rng.integers(count - 1))
+        return trace.with_decision(inst, new + (new >= old), remove_postproc=True)
+
+    def clone(self) -> MutateKnob:
+        return MutateKnob(int(self.rng.integers(2**31)))
 
 
 def materialize(mod: IRModule | tvm.tirx.PrimFunc) -> tvm.tirx.PrimFunc:

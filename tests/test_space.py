@@ -102,3 +102,21 @@ def test_arm_template_materializes_for_aarch64(stride):
     s_tir.Trace(design_trace(task).insts, {}).apply_to_schedule(sch, remove_postproc=True)
     ex = tvm.compile(tvm.IRModule({"main": task.materialize(sch.mod)}), target=target)
     assert "fmla" in ex.mod.inspect_source("asm")
+
+
+def test_mutation_moves_exactly_one_knob():
+    """The evolutionary search's mutator: one knob to another of its values, the others kept."""
+    _, packed, _, x, strides = layer(8, h=16, w=32)
+    task = tuning_task(packed, x.shape, strides, (1, 1, 1, 1), False, False, TARGET)
+    trace = design_trace(task)
+    before = space.knobs(sampled_with(task, trace).mod["main"])
+    mutator = space.MutateKnob(seed=3)
+    for _ in range(6):
+        after = space.knobs(sampled_with(task, mutator.apply(trace)).mod["main"])
+        assert sum(before[k] != after[k] for k in before) == 1
+
+
+def sampled_with(task, trace: s_tir.Trace) -> s_tir.Schedule:
+    sch = s_tir.Schedule(task.mod)
+    trace.apply_to_schedule(sch, remove_postproc=True)
+    return sch
