@@ -17,6 +17,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 import tvm
+from test_arm import CASES as ARM_CASES
 from tvm import relax, s_tir
 from tvm_pattern.schedules import mali
 from tvm_pattern.schedules.space import knobs
@@ -69,6 +70,22 @@ CASES = [
      {"vectors": 2}),
     ("dense-9-taps", 1, 4, 6, 8, 9, (1, 1), (1, 1, 1, 1), True, False, 1, 9, 1.0, None),
 ]
+
+
+@pytest.mark.parametrize("case", list(ARM_CASES))
+def test_the_phone_tests_shapes_on_pocl(case) -> None:
+    """The layers ``test_arm`` runs on the emulated phone's CPU, here as Mali kernels on PoCL."""
+    (o, i, h, w, batch), stride, padding, taps, has_bias, relu = ARM_CASES[case]
+    rng = np.random.default_rng(zlib.crc32(case.encode()))
+    k, keep = (1, 1.0) if taps == 9 else (8, 1 / 3.6 if o >= 32 else 0.5)
+    weight, packed = pruned(rng, o, i, k, taps, keep)
+    x = rng.standard_normal((batch, i, h, w)).astype(np.float32)
+    bias = rng.standard_normal(o).astype(np.float32) if has_bias else None
+    kernel = sparse_conv2d(packed, x.shape, (stride, stride), padding, has_bias, relu, TARGET)
+    got, prog = run(kernel, x, bias)
+    want = reference(x, weight, bias, (stride, stride), padding, relu)
+    np.testing.assert_allclose(got, want, atol=1e-4, rtol=1e-4)
+    assert prog.verify(mali.gpu_limits(TARGET))
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
