@@ -136,6 +136,30 @@ def test_tracker_unreachable():
 
 
 @pytest.mark.slow
+def test_server_ends_when_its_owner_is_killed():
+    """A process that started a server dies without ``stop`` (SIGKILL, e.g. a notebook kernel shut down after
+    a failed cell): the server notices within seconds and ends, nothing is left running."""
+    owner = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time\n"
+         "from tvm_pattern.rpc import Server\n"
+         "server = Server().start()\n"
+         "print(server.pid, flush=True)\n"
+         "time.sleep(600)\n"],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        pid = int(owner.stdout.readline())
+        pids = process_tree(pid)
+        assert pids and still_running(pids) == pids
+    finally:
+        owner.kill()
+        owner.wait(30)
+    deadline = time.monotonic() + 30
+    while still_running(pids) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert still_running(pids) == []
+
+
 def test_server_dies_mid_session(phone):
     """The phone dies (every process of its server killed) with a session open: the next call says so."""
     server = phone.server().start()

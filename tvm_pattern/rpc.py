@@ -124,20 +124,30 @@ def wait_for_servers(tracker: tuple[str, int] | str, key: str, count: int = 1, t
 # modules: they serve from a second Python they start by re-executing ``sys.executable``, which imports TVM
 # again (twice the start time, under emulation ~10 s more), and TVM's FFI imports PyTorch whenever it is
 # installed (~8 s here), which RPC processes never use. Kept to the TVM runtime, so the phone can run it too.
-_SERVE = """import sys
+_SERVE = """import os, sys
 sys.modules["torch"] = None
 import logging
 logging.basicConfig(level=logging.INFO)
 from tvm.rpc.{module} import {state}
-{state}({args}).thread.join()
+thread = {state}({args}).thread
+while thread.is_alive():
+    thread.join(2.0)
+    try:
+        os.kill({owner}, 0)
+    except ProcessLookupError:  # the process that started it is gone (e.g. a killed notebook kernel)
+        os._exit(0)
 sys.exit("the RPC loop ended")
 """
 
 
 def _serve_args(module: str, state: str, **kwargs) -> list[str]:
-    """``-c PROGRAM``: start ``tvm.rpc.<module>.<state>(**kwargs)`` and block on its thread."""
+    """``-c PROGRAM``: start ``tvm.rpc.<module>.<state>(**kwargs)`` and serve while this process lives.
+
+    Why watch this process: ``stop`` and the atexit hook cannot run when it is killed (a notebook kernel shut
+    down after a failed cell), and the server runs in its own session, so nothing else would end it.
+    """
     args = ", ".join(f"{name}={value!r}" for name, value in kwargs.items())
-    return ["-c", _SERVE.format(module=module, state=state, args=args)]
+    return ["-c", _SERVE.format(module=module, state=state, args=args, owner=os.getpid())]
 
 
 class _Process:
