@@ -1,7 +1,7 @@
 """The Arm CPU (AArch64 NEON) schedule template of the pattern-sparse conv.
 
 The generated loop nest, its schedule decisions and its tuning space are the x86 template's (``schedule``,
-``apply_default``, ``sample``, ``knob_choices``, ``materialize`` come from ``x86``; ``tuning_task`` is x86's
+``apply_default``, ``knob_choices``, ``materialize`` come from ``x86``; ``tuning_task`` is x86's
 with this module's block shapes); only the register file differs, and so the default block shape:
 
 - NEON vectors are 128 bits: 4 fp32 lanes (``vector`` = 4; the lane split is still sampled when tuning, and
@@ -14,10 +14,10 @@ with this module's block shapes); only the register file differs, and so the def
 from __future__ import annotations
 
 from . import x86
-from .x86 import apply_default, knob_choices, materialize, sample, schedule
+from .x86 import apply_default, knob_choices, materialize, schedule
 
 __all__ = ["NEON_LANES", "NEON_REGISTERS", "apply_default", "candidate_configs", "default_config", "knob_choices",
-           "materialize", "sample", "schedule", "tuning_task"]  # fmt: skip
+           "materialize", "schedule", "tuning_task"]  # fmt: skip
 
 NEON_LANES = 4  # fp32 lanes of a 128-bit NEON register
 NEON_REGISTERS = 32  # v0-v31

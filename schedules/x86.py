@@ -29,14 +29,6 @@ from tvm import s_tir
 UNROLL = (0, 16, 64)  # auto-unroll steps for the rows loop (LLVM may unroll small loops anyway)
 
 
-def host_target(threads: int | None = None) -> tvm.target.Target:
-    """An llvm target for this machine's CPU (``mcpu`` detected), with ``num-cores`` for MetaSchedule."""
-    from tvm.target import codegen
-
-    cores = threads or os.cpu_count() or 1
-    return tvm.target.Target({"kind": "llvm", "mcpu": codegen.llvm_get_system_cpu(), "num-cores": cores})
-
-
 def runtime_threads(threads: int | None = None) -> int:
     """Ask TVM's thread pool for ``threads`` workers (default: all cores); returns the count requested.
 
@@ -189,23 +181,6 @@ def apply_default(func: tvm.tirx.PrimFunc, cfg: dict, k: int) -> tvm.tirx.PrimFu
     sch = s_tir.Schedule(func)
     schedule(sch, k, cfg)
     return sch.mod["main"]
-
-
-def sample(k: int):
-    """A ``ms.space_generator.ScheduleFn`` body sampling the decisions (for tuning).
-
-    Use it with ``sch_rules=[], postprocs=[], mutator_probs={...}`` (the default ``DisallowDynamicLoop``
-    postproc rejects the kernel-list loops) and a runner ``f_alloc_argument`` that passes the real weight
-    arrays (random index arrays read out of bounds). Generate the module with ``config={"peel": False}``:
-    with peeled variants TVM 0.27's schedule state mutates the tuned IRModule in place and trace replay
-    fails (``old_outputs.size() == new_outputs.size()``).
-    """
-
-    def fn(sch: s_tir.Schedule) -> s_tir.Schedule:
-        schedule(sch, k, None)
-        return sch
-
-    return fn
 
 
 def knob_choices(packed, data_shape, out_shape, target, candidates: list[dict]) -> dict[str, list[int]]:

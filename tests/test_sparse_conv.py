@@ -18,8 +18,9 @@ from tvm_pattern.errors import PatternError
 from tvm_pattern.format import PackedConv, pack
 from tvm_pattern.library import PatternLibrary, best_fit
 from tvm_pattern.sparse_conv import layer_config, sparse_conv2d, unscheduled
+from tvm_pattern.targets import host_target
 
-TARGET = x86.host_target(2)
+TARGET = host_target(2)
 DENSE = PatternLibrary(np.ones((1, 3, 3), bool))
 
 

@@ -108,9 +108,9 @@ def prune_suite(layers: list[Layer], compression: float, seed: int = 0) -> tuple
 
 
 def _target(threads: int):
-    from .schedules import x86
+    from .targets import host_target
 
-    return x86.host_target(threads)
+    return host_target(threads)
 
 
 def _time_tvm(fn, args: list, repeats: int, min_s: float = 0.05) -> float:

@@ -31,11 +31,11 @@ def host_cores() -> int:
         return os.cpu_count() or 1
 
 
-def host_target() -> Target:
-    """The llvm target of this machine: its triple, its CPU (e.g. znver4) and its core count."""
+def host_target(cores: int | None = None) -> Target:
+    """The llvm target of this machine: its triple, its CPU (e.g. znver4) and its core count (or ``cores``)."""
     triple = tvm.get_global_func("tvm.codegen.llvm.GetDefaultTargetTriple")()
     mcpu = tvm.get_global_func("tvm.codegen.llvm.GetHostCPUName")()
-    return Target({"kind": "llvm", "mtriple": triple, "mcpu": mcpu, "num-cores": host_cores()})
+    return Target({"kind": "llvm", "mtriple": triple, "mcpu": mcpu, "num-cores": cores or host_cores()})
 
 
 def arm_target(cores: int = ARM_CORES) -> Target:
