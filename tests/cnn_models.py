@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from tvm_pattern.library import PatternLibrary, best_fit, candidate_patterns
+from tvm_pattern.sparsity.library import PatternLibrary, best_fit, candidate_patterns
 
 VGG16_CFG = (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M")
 

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from tvm_pattern import data
+from tvm_pattern.prune import data
 
 torch.set_num_threads(2)
 

@@ -22,9 +22,9 @@ from tvm_pattern.schedules import arm_cpu, for_target
 from tvm_pattern import cross
 from tvm_pattern.compiler import compile_file
 from tvm_pattern.errors import TvmPatternError
-from tvm_pattern.format import pack
 from tvm_pattern.phone import EmulatedPhone
 from tvm_pattern.sparse_conv import layer_config, sparse_conv2d
+from tvm_pattern.sparsity.format import pack
 from tvm_pattern.targets import arm_target
 
 TOL = {"atol": 1e-4, "rtol": 1e-4}

@@ -18,7 +18,7 @@ from tvm_pattern.compiler import (
     load,
 )
 from tvm_pattern.errors import ModelError, PatternError, TvmPatternError
-from tvm_pattern.library import PatternLibrary, candidate_patterns
+from tvm_pattern.sparsity.library import PatternLibrary, candidate_patterns
 from tvm_pattern.targets import host_target, is_host, resolve_target
 
 TOL = {"atol": 1e-4, "rtol": 1e-4}
@@ -94,7 +94,7 @@ def small_onnx(tmp_path_factory):
 
 def test_demo_model_with_unfolded_batch_norm(tmp_path):
     """The demo's VGG-small exported as the CLI does (BatchNorm kept): the pass folds it into the kernel."""
-    from tvm_pattern.models import VGGSmall
+    from tvm_pattern.prune.models import VGGSmall
 
     torch.manual_seed(2)
     model = prune_model(VGGSmall(), library8())

@@ -24,9 +24,9 @@ from tvm_pattern.schedules.space import knobs
 
 from tvm_pattern import opencl
 from tvm_pattern.errors import PatternError
-from tvm_pattern.format import PackedConv, pack
-from tvm_pattern.library import PatternLibrary, best_fit
 from tvm_pattern.sparse_conv import sparse_conv2d
+from tvm_pattern.sparsity.format import PackedConv, pack
+from tvm_pattern.sparsity.library import PatternLibrary, best_fit
 from tvm_pattern.targets import mali_target
 from tvm_pattern.transform import PatternSparseConv2d
 

@@ -15,9 +15,9 @@ from tvm import s_tir
 from tvm_pattern.schedules import x86
 
 from tvm_pattern.errors import PatternError
-from tvm_pattern.format import PackedConv, pack
-from tvm_pattern.library import PatternLibrary, best_fit
 from tvm_pattern.sparse_conv import layer_config, sparse_conv2d, unscheduled
+from tvm_pattern.sparsity.format import PackedConv, pack
+from tvm_pattern.sparsity.library import PatternLibrary, best_fit
 from tvm_pattern.targets import host_target
 
 TARGET = host_target(2)

@@ -13,7 +13,7 @@ from cnn_models import SmallCNN, import_torch, import_torch_params, library8, pr
 from tvm import relax
 
 from tvm_pattern.errors import PatternError
-from tvm_pattern.library import PatternLibrary, candidate_patterns
+from tvm_pattern.sparsity.library import PatternLibrary, candidate_patterns
 from tvm_pattern.transform import PatternSparseConv2d
 
 RNG = np.random.default_rng(0)

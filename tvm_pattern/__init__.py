@@ -1,11 +1,11 @@
 """tvm-pattern: pattern-based sparsity (PatDNN / PCONV) from PyTorch pruning to Apache TVM kernels.
 
-The pruning side (``tvm_pattern.sparsifier``, ``tvm_pattern.pruning``) needs only PyTorch;
-the compiler side needs only TVM. Import the submodule you need.
+The pruning side (``tvm_pattern.prune``) needs only PyTorch; the compiler side needs only TVM; both read
+the numpy-only ``tvm_pattern.sparsity``. Import the subpackage you need.
 """
 
 from .errors import DatasetNotFoundError, ModelError, PatternError, TvmPatternError
-from .library import PatternLibrary, candidate_patterns
+from .sparsity.library import PatternLibrary, candidate_patterns
 
 __version__ = "0.1.0"
 __all__ = [

@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import TvmPatternError
-from .library import PatternLibrary, best_fit
+from .sparsity.library import PatternLibrary, best_fit
 
 __all__ = ["SUITES", "Layer", "prune_suite", "run_bench", "run_tuned_bench"]
 
@@ -138,8 +138,8 @@ def _sparse_layer(layer: Layer, weight: np.ndarray, library, target, relu: bool 
     """(compiled fn, argument tensors) for our kernel on a random input."""
     import tvm
 
-    from .format import pack
     from .sparse_conv import sparse_conv2d
+    from .sparsity.format import pack
 
     kernel = sparse_conv2d(
         pack(weight, library), (1, layer.cin, layer.size, layer.size), (layer.stride,) * 2, (1, 1, 1, 1),
@@ -400,9 +400,9 @@ def run_tuned_bench(
     """
     import tvm
 
-    from .format import pack
     from .schedules import x86
     from .sparse_conv import tuning_task
+    from .sparsity.format import pack
     from .tune import open_database, tune, tuned_kernel
 
     layers = SUITES["vgg16"]

@@ -18,8 +18,8 @@ from tvm.ir import IRModule
 
 from .cross import export_options
 from .errors import ModelError, TvmPatternError
-from .library import PatternLibrary
 from .schedules.x86 import runtime_threads
+from .sparsity.library import PatternLibrary
 from .targets import resolve_target
 from .transform import OPAQUE, ConvReport, PatternSparseConv2d
 

@@ -16,7 +16,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from . import compiler
-from .data import Split
+from .prune.data import Split
 from .targets import resolve_target
 
 

@@ -32,7 +32,7 @@ import numpy as np
 import tvm
 
 from .errors import PatternError
-from .format import PackedConv
+from .sparsity.format import PackedConv
 
 VARIANTS_ATTR = "tvm_pattern.block_variants"  # function attribute: how many block-shape variants to schedule
 

@@ -23,8 +23,8 @@ from tvm.relax.expr_functor import PyExprMutator, mutator
 from tvm.target import Target
 
 from .errors import PatternError
-from .format import PackedConv, pack
-from .library import KERNEL, PatternLibrary
+from .sparsity.format import PackedConv, pack
+from .sparsity.library import KERNEL, PatternLibrary
 from .targets import resolve_target
 
 __all__ = ["ConvReport", "PatternSparseConv2d"]

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import DatasetNotFoundError, TvmPatternError
+from ..errors import DatasetNotFoundError, TvmPatternError
 
 DEFAULT_DIR = Path("/usr/share/datasets/fashion-mnist")
 ENV_VAR = "TVM_PATTERN_DATA"

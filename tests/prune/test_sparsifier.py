@@ -8,8 +8,8 @@ import torch
 from torch import nn
 
 from tvm_pattern.errors import ModelError, PatternError
-from tvm_pattern.library import PatternLibrary, candidate_patterns
-from tvm_pattern.sparsifier import PatternSparsifier, apply_masks, conv_eligibility, mask_optimizer, squash_mask
+from tvm_pattern.prune.sparsifier import PatternSparsifier, apply_masks, conv_eligibility, mask_optimizer, squash_mask
+from tvm_pattern.sparsity.library import PatternLibrary, candidate_patterns
 
 LIB = PatternLibrary(candidate_patterns(4)[[0, 7, 19, 33, 41, 50]])
 

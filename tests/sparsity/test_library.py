@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from tvm_pattern.errors import PatternError
-from tvm_pattern.library import PatternLibrary, best_fit, candidate_patterns
+from tvm_pattern.sparsity.library import PatternLibrary, best_fit, candidate_patterns
 
 
 @pytest.mark.parametrize("n", [1, 2, 4, 5, 9])

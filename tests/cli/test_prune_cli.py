@@ -9,8 +9,10 @@ import torch
 from onnx import numpy_helper
 from torch import nn
 
-from tvm_pattern import artifacts, cli, models
-from tvm_pattern.library import CENTRE, PatternLibrary
+from tvm_pattern import cli
+from tvm_pattern.cli.prune import parse_connectivity
+from tvm_pattern.prune import artifacts, models
+from tvm_pattern.sparsity.library import CENTRE, PatternLibrary
 
 FAST = ["--dense-epochs", "1", "--admm-epochs", "0.5", "--retrain-epochs", "0.5", "--quiet", "--seed", "3"]
 
@@ -122,9 +124,9 @@ def test_failed_write_leaves_existing_outputs_untouched(tmp_path):
 
 
 def test_connectivity_option_parses_per_layer_rates():
-    assert cli.parse_connectivity("3.6") == 3.6
-    assert cli.parse_connectivity("none") is None
-    assert cli.parse_connectivity("features.4=2,features.7=none") == {"features.4": 2.0, "features.7": None}
+    assert parse_connectivity("3.6") == 3.6
+    assert parse_connectivity("none") is None
+    assert parse_connectivity("features.4=2,features.7=none") == {"features.4": 2.0, "features.7": None}
 
 
 def test_demo_model_has_four_3x3_convs():

@@ -11,7 +11,7 @@ import os
 import numpy as np
 from matplotlib.figure import Figure
 
-from .library import PatternLibrary
+from ..sparsity.library import PatternLibrary
 
 
 def library_figure(library: PatternLibrary, title: str = "pattern library") -> Figure:

@@ -17,8 +17,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ..sparsity.library import PatternLibrary
 from . import plots
-from .library import PatternLibrary
 
 PATTERNS, MASKS, ONNX, PICTURE, REPORT = "patterns.json", "masks.pt", "model.onnx", "patterns.png", "report.json"
 

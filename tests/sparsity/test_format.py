@@ -10,8 +10,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tvm_pattern.errors import PatternError
-from tvm_pattern.format import infer_library, pack, unpack
-from tvm_pattern.library import PatternLibrary, best_fit
+from tvm_pattern.sparsity.format import infer_library, pack, unpack
+from tvm_pattern.sparsity.library import PatternLibrary, best_fit
 
 
 def pattern_weight(rng: np.random.Generator, o: int, i: int, k: int = 8, n: int = 4, keep: float = 0.5) -> np.ndarray:

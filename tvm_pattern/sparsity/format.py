@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .errors import PatternError
+from ..errors import PatternError
 from .library import KERNEL, PatternLibrary
 
 __all__ = ["PackedConv", "pack", "unpack"]

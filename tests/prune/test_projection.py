@@ -9,8 +9,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tvm_pattern.errors import PatternError
-from tvm_pattern.library import candidate_patterns
-from tvm_pattern.projection import connectivity_mask, kept_kernels, project_connectivity, project_patterns
+from tvm_pattern.prune.projection import connectivity_mask, kept_kernels, project_connectivity, project_patterns
+from tvm_pattern.sparsity.library import candidate_patterns
 
 shapes = st.tuples(st.integers(1, 6), st.integers(1, 6))
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from .errors import PatternError
+from ..errors import PatternError
 
 
 def pattern_choice(weight: torch.Tensor, patterns: torch.Tensor) -> torch.Tensor:

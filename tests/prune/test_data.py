@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 from conftest import write_idx
 
-from tvm_pattern import data
 from tvm_pattern.errors import DatasetNotFoundError, TvmPatternError
+from tvm_pattern.prune import data
 
 
 def make_dataset(folder, n=5, gz=True):

@@ -6,7 +6,7 @@ from collections.abc import Callable, Sequence
 
 from torch import nn
 
-from .errors import ModelError
+from ..errors import ModelError
 
 
 class VGGSmall(nn.Module):

@@ -1,0 +1,58 @@
+"""``tvm-pattern prune``: train (or load) a dense CNN, then pattern + connectivity prune it."""
+
+from __future__ import annotations
+
+import argparse
+
+DATASETS = ("fashion-mnist",)
+
+
+def parse_connectivity(text: str) -> float | dict[str, float | None] | None:
+    """``3.6``, ``none``, or per layer ``features.3=3.6,features.7=none``."""
+
+    def one(value: str) -> float | None:
+        if value.strip().lower() in ("none", "off"):
+            return None
+        try:
+            return float(value)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"connectivity must be a number >= 1 or 'none', got {value!r}") from None
+
+    if "=" not in text:
+        return one(text)
+    pairs = [item.split("=", 1) for item in text.split(",") if item]
+    return {name.strip(): one(value) for name, value in pairs}
+
+
+def add_prune_options(p: argparse.ArgumentParser) -> None:
+    """The options ``prune`` and ``demo`` share."""
+    p.add_argument("--model", default="vgg-small", help="model to train and prune (default: vgg-small)")
+    p.add_argument("--dataset", default="fashion-mnist", choices=DATASETS)
+    p.add_argument("--data", help="dataset folder (default: $TVM_PATTERN_DATA or /usr/share/datasets/fashion-mnist)")
+    p.add_argument("--patterns", type=int, default=8, help="pattern library size K (4, 6, 8, 12; default 8)")
+    p.add_argument("--taps", type=int, default=4, help="entries each pattern keeps, centre included (default 4)")
+    p.add_argument(
+        "--connectivity", type=parse_connectivity, default=3.6,
+        help="keep 1/alpha of each layer's kernels: alpha (default 3.6), 'none', or name=alpha,...",
+    )  # fmt: skip
+    p.add_argument("--dense-epochs", type=float, default=5.0, help="epochs to train the dense model (default 5)")
+    p.add_argument("--admm-epochs", type=float, default=1.0, help="ADMM epochs per stage (default 1)")
+    p.add_argument("--retrain-epochs", type=float, default=3.0, help="masked retraining epochs per stage (default 3)")
+    p.add_argument("--prune-first", action="store_true", help="prune the first conv too (dense by default)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-cache", action="store_true", help="retrain the dense model even if cached")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def register(sub) -> None:
+    p = sub.add_parser("prune", help="train (or load) a dense CNN, then pattern + connectivity prune it")
+    add_prune_options(p)
+    p.add_argument("--out", required=True, help="output folder: patterns.json, masks.pt, model.onnx, patterns.png, ...")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..prune import job
+
+    job.run(args)
+    return 0
