@@ -23,8 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import TvmPatternError
-from .sparsity.library import PatternLibrary, best_fit
+from ..errors import TvmPatternError
+from ..sparsity.library import PatternLibrary, best_fit
 
 __all__ = ["SUITES", "Layer", "prune_suite", "run_bench", "run_tuned_bench"]
 
@@ -108,7 +108,7 @@ def prune_suite(layers: list[Layer], compression: float, seed: int = 0) -> tuple
 
 
 def _target(threads: int):
-    from .targets import host_target
+    from ..targets import host_target
 
     return host_target(threads)
 
@@ -138,8 +138,8 @@ def _sparse_layer(layer: Layer, weight: np.ndarray, library, target, relu: bool 
     """(compiled fn, argument tensors) for our kernel on a random input."""
     import tvm
 
-    from .sparse_conv import sparse_conv2d
-    from .sparsity.format import pack
+    from ..sparse_conv import sparse_conv2d
+    from ..sparsity.format import pack
 
     kernel = sparse_conv2d(
         pack(weight, library), (1, layer.cin, layer.size, layer.size), (layer.stride,) * 2, (1, 1, 1, 1),
@@ -251,7 +251,8 @@ def _run_torch(layers: list[Layer], weights: list[np.ndarray], first_dense: np.n
             arrays["first_dense"], arrays["stack_input"] = first_dense, stack_input
         np.savez(spec, meta=np.array(json.dumps(meta)), **arrays)
         env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
-        subprocess.run([sys.executable, "-m", "tvm_pattern.bench", "--torch-worker", spec, out], check=True, env=env)
+        command = [sys.executable, "-m", "tvm_pattern.bench.layers", "--torch-worker", spec, out]
+        subprocess.run(command, check=True, env=env)
         result = json.loads(Path(out).read_text())
         result["stack_output"] = np.load(out + ".npy") if first_dense is not None else None
         return result
@@ -322,7 +323,7 @@ def run_bench(
     """Benchmark every 3x3 conv of ``suite`` at ``compression`` (2.25 or 8); print a table, write JSON."""
     if suite not in SUITES:
         raise TvmPatternError(f"unknown suite {suite!r}; choose one of {sorted(SUITES)}")
-    from .schedules import x86
+    from ..schedules import x86
 
     x86.runtime_threads(threads)
     layers = SUITES[suite]
@@ -400,10 +401,10 @@ def run_tuned_bench(
     """
     import tvm
 
-    from .schedules import x86
-    from .sparse_conv import tuning_task
-    from .sparsity.format import pack
-    from .tune import open_database, tune, tuned_kernel
+    from ..schedules import x86
+    from ..sparse_conv import tuning_task
+    from ..sparsity.format import pack
+    from ..tune import open_database, tune, tuned_kernel
 
     layers = SUITES["vgg16"]
     unknown = sorted(set(names) - {ly.name for ly in layers})
@@ -469,4 +470,4 @@ if __name__ == "__main__":
     if len(sys.argv) == 4 and sys.argv[1] == "--torch-worker":
         _torch_worker(sys.argv[2], sys.argv[3])
     else:
-        sys.exit("usage: python -m tvm_pattern.bench --torch-worker SPEC.npz OUT.json (use `tvm-pattern bench`)")
+        sys.exit("usage: python -m tvm_pattern.bench.layers --torch-worker SPEC.npz OUT.json (use `tvm-pattern bench`)")
