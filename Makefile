@@ -6,7 +6,7 @@ DEBIAN_PACKAGES := dataset-fashion-mnist qemu-user-static gcc-aarch64-linux-gnu 
 STAMP := $(VENV)/.installed
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: demo test lint setup debian clean
+.PHONY: demo test lint setup debian clean peers
 
 demo: setup
 	$(BIN)/tvm-pattern demo
@@ -33,6 +33,26 @@ debian:
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q -e ".[dev]"
+	touch $@
+
+# The runtimes `tvm-pattern bench --model` compares with, each set in its own venv under .peers/ (never the
+# project's: DeepSparse pins numpy<2 and onnx 1.14). Idempotent: a stamp per venv, remade when this file changes.
+PEERS ?= .peers
+PEERS_PYTHON ?= python3.11
+PEERS_RUNTIMES := onnxruntime==1.32.0 openvino==2026.4.1 numpy onnx
+PEERS_DEEPSPARSE := deepsparse==1.8.0
+
+peers: $(PEERS)/runtimes/.installed $(PEERS)/deepsparse/.installed
+
+$(PEERS)/runtimes/.installed: Makefile
+	$(PEERS_PYTHON) -m venv $(PEERS)/runtimes
+	$(PEERS)/runtimes/bin/pip install -q $(PEERS_RUNTIMES)
+	touch $@
+
+$(PEERS)/deepsparse/.installed: Makefile
+	$(PEERS_PYTHON) -m venv $(PEERS)/deepsparse
+	$(PEERS)/deepsparse/bin/pip install -q $(PEERS_DEEPSPARSE)
+	NM_DISABLE_ANALYTICS=1 $(PEERS)/deepsparse/bin/python -c "import deepsparse"
 	touch $@
 
 clean:
