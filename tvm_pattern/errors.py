@@ -19,3 +19,11 @@ class DatasetNotFoundError(TvmPatternError, FileNotFoundError):
 
 class RPCError(TvmPatternError):
     """A remote device (RPC tracker or server, the emulated phone) that cannot be set up, started or reached."""
+
+
+class SpecError(TvmPatternError):
+    """A ``MODULE:CALLABLE`` spec (the user's model or data) that cannot be imported, called or used."""
+
+
+class CheckpointError(TvmPatternError):
+    """A checkpoint that cannot be resumed: made with other settings, or unreadable."""

@@ -18,10 +18,11 @@ def register(sub) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..demo import check_and_time
-    from ..prune import job
+    from ..prune import data, job
 
     started = time.time()
-    _, result, test_split = job.run(args)
+    _, result, test_set = job.run(args)
+    test_split = data.as_split(test_set)  # the compiled model is checked on the whole test set, in memory
     print("\ncompiling the pruned model with TVM (pattern-sparse kernels for x86)")
     check_and_time(Path(args.out), result.model, test_split, progress=not args.quiet)
     print(f"\ndemo finished in {time.time() - started:.0f} s")

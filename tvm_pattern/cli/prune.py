@@ -26,9 +26,17 @@ def parse_connectivity(text: str) -> float | dict[str, float | None] | None:
 
 def add_prune_options(p: argparse.ArgumentParser) -> None:
     """The options ``prune`` and ``demo`` share."""
-    p.add_argument("--model", default="vgg-small", help="model to train and prune (default: vgg-small)")
+    p.add_argument(
+        "--model", default="vgg-small",
+        help="vgg-small (default), or MODULE:CALLABLE: a module name or .py file and a callable returning an nn.Module",
+    )  # fmt: skip
+    p.add_argument("--weights", metavar="FILE", help="a state dict to load into the model before training")
     p.add_argument("--dataset", default="fashion-mnist", choices=DATASETS)
-    p.add_argument("--data", help="dataset folder (default: $TVM_PATTERN_DATA or /usr/share/datasets/fashion-mnist)")
+    p.add_argument(
+        "--data",
+        help="MODULE:CALLABLE returning (train, test) torch Datasets, or the Fashion-MNIST folder "
+        "(default: $TVM_PATTERN_DATA or /usr/share/datasets/fashion-mnist)",
+    )
     p.add_argument("--patterns", type=int, default=8, help="pattern library size K (4, 6, 8, 12; default 8)")
     p.add_argument("--taps", type=int, default=4, help="entries each pattern keeps, centre included (default 4)")
     p.add_argument(
@@ -42,6 +50,15 @@ def add_prune_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-cache", action="store_true", help="retrain the dense model even if cached")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
+                   help="where to train: auto (CUDA if available, the GPU of this rank), cpu, cuda")  # fmt: skip
+    p.add_argument("--batch-size", type=int, default=128, help="global batch, split across ranks (default 128)")
+    p.add_argument("--workers", type=int, default=0, help="DataLoader worker processes per rank (default 0)")
+    p.add_argument("--amp", action="store_true", help="mixed precision (float16 autocast + GradScaler; CUDA only)")
+    p.add_argument("--checkpoint-dir", metavar="DIR",
+                   help="save the run's state there; the same command resumes from it")  # fmt: skip
+    p.add_argument("--checkpoint-every", type=float, default=300.0, metavar="SECONDS",
+                   help="checkpoint inside a phase this often (default 300; also at every phase boundary)")  # fmt: skip
 
 
 def register(sub) -> None:

@@ -1,4 +1,8 @@
-"""Fashion-MNIST from local IDX files (Debian's ``dataset-fashion-mnist``); nothing is downloaded."""
+"""Fashion-MNIST from local IDX files (Debian's ``dataset-fashion-mnist``); nothing is downloaded.
+
+``Split`` (what ``load`` returns) is a map-style ``torch.utils.data.Dataset`` held in memory, so the built-in
+data and a user's own datasets go through the same ``DataLoader`` code.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
+from torch.utils.data import Dataset
 
 from ..errors import DatasetNotFoundError, TvmPatternError
 
@@ -22,10 +28,31 @@ CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shi
 MEAN, STD = 0.2860, 0.3530
 
 
-@dataclass(frozen=True)
-class Split:
+@dataclass(frozen=True, eq=False)
+class Split(Dataset):
+    """A split in memory; also a Dataset of ``(image (1, 28, 28) float32 tensor, label int)`` samples."""
+
     images: np.ndarray  # (N, 1, 28, 28) float32, normalised
     labels: np.ndarray  # (N,) int64
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        return torch.from_numpy(self.images[index]), int(self.labels[index])
+
+
+def builtin(path: str | os.PathLike | None = None) -> tuple[Split, Split]:
+    """The built-in ``(train, test)`` datasets: Fashion-MNIST from ``path`` (see ``data_dir``)."""
+    return load("train", path), load("test", path)
+
+
+def as_split(dataset: Dataset) -> Split:
+    """Any dataset of ``(image tensor, label)`` samples, materialised in memory as a ``Split``."""
+    if isinstance(dataset, Split):
+        return dataset
+    images, labels = zip(*(dataset[i] for i in range(len(dataset))), strict=True)
+    return Split(torch.stack([torch.as_tensor(x) for x in images]).float().numpy(), np.asarray(labels, np.int64))
 
 
 def data_dir(path: str | os.PathLike | None = None) -> Path:

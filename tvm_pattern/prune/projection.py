@@ -17,13 +17,13 @@ def pattern_choice(weight: torch.Tensor, patterns: torch.Tensor) -> torch.Tensor
     """Per kernel of ``weight`` (O, I, 3, 3), the id of the pattern keeping the most norm: (O, I) long."""
     _check(weight, patterns)
     energy = weight.detach().flatten(2).double().square()  # (O, I, 9)
-    kept = energy @ patterns.flatten(1).double().T  # (O, I, K)
+    kept = energy @ patterns.to(weight.device).flatten(1).double().T  # (O, I, K)
     return kept.argmax(dim=-1)
 
 
 def pattern_mask(weight: torch.Tensor, patterns: torch.Tensor) -> torch.Tensor:
     """Boolean mask (O, I, 3, 3) of the best library pattern of every kernel."""
-    return patterns.bool()[pattern_choice(weight, patterns)]
+    return patterns.to(weight.device).bool()[pattern_choice(weight, patterns)]
 
 
 def project_patterns(weight: torch.Tensor, patterns: torch.Tensor) -> torch.Tensor:

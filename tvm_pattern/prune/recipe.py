@@ -3,6 +3,10 @@
 Stage 1 prunes to patterns only (``pattern_accuracy``); stage 2 starts from it and adds
 connectivity pruning (``final_accuracy``). Each stage runs ADMM, hard-prunes with the
 projections' masks, then retrains with the masks held and the optimiser state masked.
+
+Everything runs on ``runtime.device`` and, under ``torchrun``, data-parallel (see ``training``). With a
+``Checkpointer`` the recipe saves its state at every phase boundary and periodically inside phases, and
+``resume=`` (a loaded checkpoint) continues from where it was.
 """
 
 from __future__ import annotations
@@ -14,11 +18,15 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 from torch import nn
+from torch.utils.data import Dataset
 
 from ..sparsity.library import PatternLibrary
-from .data import Split
-from .sparsifier import Connectivity, PatternSparsifier, conv_eligibility, mask_optimizer
-from .training import evaluate, train
+from .distributed import Runtime
+from .resume import Checkpointer
+from .sparsifier import Connectivity, PatternSparsifier, apply_masks, conv_eligibility, mask_optimizer
+from .training import default_runtime, evaluate, steps_per_epoch, train
+
+PHASES = ("dense", "patterns:admm", "patterns:retrain", "connectivity:admm", "connectivity:retrain", "done")
 
 
 @dataclass(frozen=True)
@@ -54,70 +62,181 @@ class PruneResult:
 
 
 def extract_library(model: nn.Module, k: int = 8, n: int = 4, skip_first: bool = True) -> PatternLibrary:
-    """The ``k`` most frequent best-fitting patterns over the model's prunable 3x3 kernels."""
+    """The ``k`` most frequent best-fitting patterns over the model's prunable 3x3 kernels (any device)."""
     modules = dict(model.named_modules())
     names = [name for name, why in conv_eligibility(model, skip_first).items() if why is None]
-    kernels = [modules[name].weight.detach().reshape(-1, 3, 3).numpy() for name in names]
+    kernels = [modules[name].weight.detach().reshape(-1, 3, 3).float().cpu().numpy() for name in names]
     return PatternLibrary.extract(np.concatenate(kernels) if kernels else np.zeros((0, 3, 3)), k=k, n=n)
+
+
+class _Saver:
+    """Builds full checkpoint states for one phase; ``due``/``save`` is what ``train`` calls part-way."""
+
+    def __init__(self, checkpoint: Checkpointer | None, phase: str, model: nn.Module, extra: dict) -> None:
+        self.checkpoint, self.phase, self.model, self.extra = checkpoint, phase, model, extra
+        self.sparsifier: PatternSparsifier | None = None
+
+    def due(self) -> bool:
+        return self.checkpoint is not None and self.checkpoint.due()
+
+    def save(self, loop: dict | None = None, phase: str | None = None) -> None:
+        if self.checkpoint is None:
+            return
+        state = {"phase": phase or self.phase, "loop": loop, "model": _cpu_state(self.model), **self.extra}
+        if self.sparsifier is not None and loop is not None:
+            state["sparsifier"] = self.sparsifier.state_dict()
+        self.checkpoint.save(state)
+
+
+def _cpu_state(model: nn.Module) -> dict:
+    return {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+
+
+def _loop_for(resume: dict | None, phase: str) -> dict | None:
+    return resume["loop"] if resume is not None and resume["phase"] == phase else None
+
+
+def train_dense(
+    model: nn.Module, train_set: Dataset, epochs: float, config: PruneConfig = PruneConfig(), progress: bool = True,
+    *, runtime: Runtime | None = None, checkpoint: Checkpointer | None = None, resume: dict | None = None,
+) -> None:  # fmt: skip
+    """Train the dense model (the recipe's phase ``dense``), checkpointed like the pruning phases."""
+    loop = _loop_for(resume, "dense")
+    if loop is not None:
+        model.load_state_dict(resume["model"])
+    saver = _Saver(checkpoint, "dense", model, {})
+    if epochs > 0:
+        train(
+            model, train_set, epochs, lr=config.lr, batch_size=config.batch_size, desc="dense: train",
+            seed=config.seed, progress=progress, runtime=runtime, resume=loop, checkpoint=saver,
+        )  # fmt: skip
 
 
 def prune_stage(
     model: nn.Module,
-    train_split: Split,
+    train_split: Dataset,
     library: PatternLibrary,
     connectivity: Connectivity,
     config: PruneConfig,
     name: str,
     progress: bool = True,
+    *,
+    runtime: Runtime | None = None,
+    saver: _Saver | None = None,
+    resume: dict | None = None,
 ) -> dict[str, torch.Tensor]:
-    """ADMM towards the constraint sets, hard-prune, retrain with masks held; returns the masks."""
+    """ADMM towards the constraint sets, hard-prune, retrain with masks held; returns the masks.
+
+    With ``saver``, checkpoints part-way and at ``{name}:retrain``; ``resume`` continues a checkpoint of
+    phase ``{name}:admm`` or ``{name}:retrain``.
+    """
+    runtime = default_runtime(model, runtime)
+    model.to(runtime.device)
+    saver = saver or _Saver(None, "", model, {})
     sparsifier = PatternSparsifier(
         library, connectivity, rho=config.rho, rho_growth=config.rho_growth, skip_first=config.skip_first
-    ).prepare(model)
-    batches_per_epoch = int(np.ceil(len(train_split.labels) / config.batch_size))
-    interval = max(1, int(config.admm_epochs * batches_per_epoch / config.admm_updates))
-    train(
-        model, train_split, config.admm_epochs, lr=config.lr, batch_size=config.batch_size,
-        penalty=sparsifier.penalty, every=(interval, sparsifier.step),
-        desc=f"{name}: ADMM", seed=config.seed, progress=progress,
-    )  # fmt: skip
-    masks = sparsifier.apply_masks(model)
+    )
+    phase = resume["phase"] if resume is not None else f"{name}:admm"
+    if phase == f"{name}:admm":
+        admm_loop = _loop_for(resume, phase)
+        if resume is not None:
+            model.load_state_dict(resume["model"])
+        sparsifier.prepare(model)
+        if admm_loop is not None:
+            sparsifier.load_state_dict(resume["sparsifier"])
+        interval = max(1, int(config.admm_epochs * steps_per_epoch(train_split, config.batch_size, runtime)
+                              / config.admm_updates))  # fmt: skip
+        saver.phase, saver.sparsifier = phase, sparsifier
+        train(
+            model, train_split, config.admm_epochs, lr=config.lr, batch_size=config.batch_size,
+            penalty=sparsifier.penalty, every=(interval, sparsifier.step),
+            desc=f"{name}: ADMM", seed=config.seed, progress=progress,
+            runtime=runtime, resume=admm_loop, checkpoint=saver,
+        )  # fmt: skip
+        masks = sparsifier.apply_masks(model)
+        saver.extra["masks"] = {k: v.cpu() for k, v in masks.items()}
+        saver.sparsifier = None
+        saver.phase = f"{name}:retrain"
+        saver.save()
+        retrain_loop = None
+    else:
+        masks = {k: v.to(runtime.device) for k, v in resume["masks"].items()}
+        apply_masks(model, masks)
+        model.load_state_dict(resume["model"])
+        saver.phase = phase
+        retrain_loop = _loop_for(resume, phase)
     train(
         model, train_split, config.retrain_epochs, lr=config.retrain_lr, batch_size=config.batch_size,
         setup_optimizer=lambda opt: mask_optimizer(opt, model),
         desc=f"{name}: retrain", seed=config.seed + 1, progress=progress,
+        runtime=runtime, resume=retrain_loop, checkpoint=saver,
     )  # fmt: skip
     sparsifier.squash_mask(model)
+    saver.extra.pop("masks", None)
     return masks
 
 
 def prune(
     model: nn.Module,
-    train_split: Split,
-    test_split: Split,
+    train_split: Dataset,
+    test_split: Dataset,
     config: PruneConfig = PruneConfig(),
     progress: bool = True,
     log=print,
+    *,
+    runtime: Runtime | None = None,
+    checkpoint: Checkpointer | None = None,
+    resume: dict | None = None,
 ) -> PruneResult:
-    """Run the whole recipe on a trained dense ``model`` (left untouched; copies are pruned)."""
-    torch.manual_seed(config.seed)
-    dense_accuracy = evaluate(model, test_split)
-    log(f"dense accuracy {dense_accuracy:.4f}")
-    library = extract_library(model, config.patterns, config.taps, config.skip_first)
+    """Run the whole recipe on a trained dense ``model`` (left untouched; copies are pruned).
+
+    ``train_split`` / ``test_split`` are any Datasets of ``(input, label)``. ``runtime`` picks the device
+    and the ranks (default: the model's device, one process); ``checkpoint`` saves the state as it goes;
+    ``resume`` is a state ``checkpoint.load()`` returned (phase ``patterns:admm`` or later).
+    """
+    runtime = default_runtime(model, runtime)
+    log = log if runtime.is_main else (lambda *_: None)
+    phase = resume["phase"] if resume is not None else PHASES[1]
+    if phase == "dense":
+        raise ValueError("a checkpoint of the dense phase resumes through train_dense, not prune")
+    results = dict(resume.get("results", {})) if resume is not None else {}
+    if resume is None:
+        torch.manual_seed(config.seed)
+        model.to(runtime.device)
+        results["dense_accuracy"] = evaluate(model, test_split, runtime=runtime)
+        library = extract_library(model, config.patterns, config.taps, config.skip_first)
+    else:
+        library = PatternLibrary.from_json(resume["library"])
+    log(f"dense accuracy {results['dense_accuracy']:.4f}")
     log(f"pattern library: {library.k} patterns of {library.n} taps, counts {list(library.counts)}")
+    extra = {"library": library.to_json(), "results": results}
 
-    pattern_model = copy.deepcopy(model)
-    prune_stage(pattern_model, train_split, library, None, config, "patterns", progress)
-    pattern_accuracy = evaluate(pattern_model, test_split)
-    log(f"pattern-only accuracy {pattern_accuracy:.4f}")
+    current = copy.deepcopy(model).to(runtime.device)
+    if PHASES.index(phase) <= PHASES.index("patterns:retrain"):
+        saver = _Saver(checkpoint, "patterns:admm", current, extra)
+        if resume is None:
+            saver.save()  # the first checkpoint: dense model, library, dense accuracy
+        prune_stage(current, train_split, library, None, config, "patterns", progress,
+                    runtime=runtime, saver=saver, resume=resume)  # fmt: skip
+        results["pattern_accuracy"] = evaluate(current, test_split, runtime=runtime)
+        resume = None
+        _Saver(checkpoint, "connectivity:admm", current, extra).save()
+    log(f"pattern-only accuracy {results['pattern_accuracy']:.4f}")
 
-    final_model = copy.deepcopy(pattern_model)
-    masks = prune_stage(final_model, train_split, library, config.connectivity, config, "connectivity", progress)
-    final_accuracy = evaluate(final_model, test_split)
-    log(f"patterns + connectivity accuracy {final_accuracy:.4f}")
+    if phase != "done":
+        saver = _Saver(checkpoint, "connectivity:admm", current, extra)
+        masks = prune_stage(current, train_split, library, config.connectivity, config, "connectivity", progress,
+                            runtime=runtime, saver=saver, resume=resume)  # fmt: skip
+        results["final_accuracy"] = evaluate(current, test_split, runtime=runtime)
+        extra["masks"] = {k: v.cpu() for k, v in masks.items()}
+        _Saver(checkpoint, "done", current, extra).save()
+    else:
+        current.load_state_dict(resume["model"])
+        masks = {k: v.to(runtime.device) for k, v in resume["masks"].items()}
+    log(f"patterns + connectivity accuracy {results['final_accuracy']:.4f}")
     return PruneResult(
-        final_model, library, masks, dense_accuracy, pattern_accuracy, final_accuracy,
-        layer_report(final_model, masks, config.skip_first),
+        current, library, masks, results["dense_accuracy"], results["pattern_accuracy"], results["final_accuracy"],
+        layer_report(current, masks, config.skip_first),
     )  # fmt: skip
 
 
@@ -135,4 +254,3 @@ def layer_report(model: nn.Module, masks: Mapping[str, torch.Tensor], skip_first
             entry["reason"] = why or "not pruned"
         report.append(entry)
     return report
-

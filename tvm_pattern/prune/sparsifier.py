@@ -7,6 +7,11 @@ Shaped like ``torch.ao.pruning`` sparsifiers: configure, ``prepare(model)``, cal
 ADMM (PatDNN): minimise loss(W) + rho/2 ||W - Z + U||^2 + rho/2 ||W - Y + V||^2, where
 Z is the projection of W + U onto the pattern set and Y that of W + V onto the
 connectivity set; the duals U, V accumulate the gaps, and rho grows step by step.
+
+The state (Z, Y, U, V) lives on the device of the model's weights and follows it if the model moves.
+Under ``torch.distributed`` every rank computes the same projections from the same (DDP-synchronised)
+weights, and ``step()`` / ``compute_masks()`` then broadcast rank 0's results, so the ADMM state and the
+masks are identical on every rank by construction, not by floating-point luck.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ from torch.nn.utils import prune
 
 from ..errors import ModelError, PatternError
 from ..sparsity.library import PatternLibrary
+from . import distributed
 from .projection import check_alpha, connectivity_mask, kept_kernels, pattern_mask
 
 Connectivity = float | None | Mapping[str, float | None]
@@ -116,7 +122,45 @@ class PatternSparsifier:
         self._project(layer)
         return layer
 
+    def _follow(self, layer: PrunedConv) -> None:
+        """Move the layer's ADMM state to its weight's device (the model may have moved since prepare)."""
+        device = layer.module.weight.device
+        if layer.z.device != device:
+            layer.z, layer.u = layer.z.to(device), layer.u.to(device)
+            if layer.y is not None:
+                layer.y, layer.v = layer.y.to(device), layer.v.to(device)
+
+    def _tensors(self) -> list[torch.Tensor]:
+        return [t for layer in self.layers for t in (layer.z, layer.u, layer.y, layer.v) if t is not None]
+
+    def state_dict(self) -> dict:
+        """The ADMM state (rho; per conv Z, U, Y, V and kept kernels), on the CPU, for checkpoints."""
+        return {
+            "rho": self.rho,
+            "layers": {
+                layer.name: {"keep": layer.keep, "z": layer.z.cpu(), "u": layer.u.cpu(),
+                             "y": None if layer.y is None else layer.y.cpu(),
+                             "v": None if layer.v is None else layer.v.cpu()}
+                for layer in self.layers
+            },
+        }  # fmt: skip
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore ``state_dict()`` after ``prepare`` on a model of the same shape (tensors go to its device)."""
+        names = [layer.name for layer in self.layers]
+        if sorted(state["layers"]) != sorted(names):
+            raise ModelError(f"ADMM state for convs {sorted(state['layers'])}, the sparsifier prunes {sorted(names)}")
+        for layer in self.layers:
+            saved, device = state["layers"][layer.name], layer.module.weight.device
+            if saved["keep"] != layer.keep or tuple(saved["z"].shape) != tuple(layer.z.shape):
+                raise ModelError(f"ADMM state for {layer.name!r} does not fit: shape or kept kernels differ")
+            layer.z, layer.u = saved["z"].to(device), saved["u"].to(device)
+            layer.y = None if saved["y"] is None else saved["y"].to(device)
+            layer.v = None if saved["v"] is None else saved["v"].to(device)
+        self.rho = float(state["rho"])
+
     def _project(self, layer: PrunedConv) -> None:
+        self._follow(layer)
         w = layer.module.weight.detach()
         layer.z = (w + layer.u) * pattern_mask(w + layer.u, self._patterns)
         if layer.keep is not None:
@@ -124,8 +168,9 @@ class PatternSparsifier:
 
     def penalty(self) -> torch.Tensor:
         """rho/2 (||W - Z + U||^2 + ||W - Y + V||^2) summed over layers: add it to the loss."""
-        total = torch.zeros(())
+        total = torch.zeros((), device=self.layers[0].module.weight.device if self.layers else None)
         for layer in self.layers:
+            self._follow(layer)
             w = layer.module.weight
             total = total + (w - layer.z + layer.u).square().sum()
             if layer.keep is not None:
@@ -141,6 +186,7 @@ class PatternSparsifier:
             layer.u += w - layer.z
             if layer.keep is not None:
                 layer.v += w - layer.y
+        distributed.broadcast_tensors(self._tensors())  # identical on every rank: rank 0's
         self.rho = min(self.rho * self.rho_growth, self.rho_max)
 
     @torch.no_grad()
@@ -165,6 +211,7 @@ class PatternSparsifier:
             if layer.keep is not None:
                 mask = mask & connectivity_mask(w * mask, layer.keep)
             masks[layer.name] = mask
+        distributed.broadcast_tensors(masks.values())
         return masks
 
     def apply_masks(self, model: nn.Module, masks: Mapping[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
