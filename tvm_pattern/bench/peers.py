@@ -224,8 +224,9 @@ def run_model_bench(
             else:
                 command = [python, str(WORKER), str(spec_path)]
             echo(f"{label}: running ({'compile + ' if name == 'ours' else ''}{warmup} warm-up, {repeats} timed) ...")
+            run_env = env if RUNTIMES[name][1] is None else {k: v for k, v in env.items() if k != "PYTHONPATH"}
             t0 = time.perf_counter()
-            error = _spawn(command, env, work / f"log-{name}.txt", timeout)
+            error = _spawn(command, run_env, work / f"log-{name}.txt", timeout)
             wall = time.perf_counter() - t0
             if error is not None:
                 row.update(status="failed", reason=error, wall_s=wall)
