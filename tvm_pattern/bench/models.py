@@ -265,9 +265,8 @@ def prune_model(model: nn.Module, compression: float | None, seed: int = 0) -> d
         raise TvmPatternError(f"compression must be none, 2.25 or 8, got {compression}")
     from ..prune.projection import kept_kernels, project_connectivity, project_patterns
     from ..prune.recipe import extract_library
-    from ..prune.sparsifier import conv_eligibility
 
-    eligible = conv_eligibility(model)
+    eligible = _eligibility(model)
     names = [name for name, why in eligible.items() if why is None]
     if not names:
         raise TvmPatternError("this model has no prunable 3x3 conv (depthwise, grouped and the first conv stay "
@@ -290,6 +289,27 @@ def prune_model(model: nn.Module, compression: float | None, seed: int = 0) -> d
             kept = int(pruned.flatten(2).ne(0).any(-1).sum())
             layers.append({"name": name, "pruned": True, "kept_kernels": kept, "total_kernels": total})
     return {"compression": compression, "patterns": library.to_json()["patterns"], "layers": layers}
+
+
+def _eligibility(model: nn.Module) -> dict[str, str | None]:
+    """Every conv by name: None if it is pruned (3x3, not grouped, not dilated, not the first), else why not.
+
+    The same rule as ``extract_library(skip_first=True)``, which picks the library from those kernels.
+    """
+    out: dict[str, str | None] = {}
+    convs = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Conv2d)]
+    for index, (name, conv) in enumerate(convs):
+        if conv.kernel_size != (3, 3):
+            out[name] = f"kernel {conv.kernel_size[0]}x{conv.kernel_size[1]}, not 3x3"
+        elif conv.groups != 1:
+            out[name] = f"{'depthwise' if conv.groups == conv.in_channels else 'grouped'} (groups={conv.groups})"
+        elif conv.dilation != (1, 1):
+            out[name] = f"dilation {conv.dilation}"
+        elif index == 0:
+            out[name] = "first layer (kept dense)"
+        else:
+            out[name] = None
+    return out
 
 
 # ---------------------------------------------------------------------------------------------- ONNX
