@@ -9,6 +9,9 @@ The helpers below are no-ops in a single process, so the same code runs either w
 from __future__ import annotations
 
 import os
+import signal
+import threading
+import time
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -79,12 +82,32 @@ def setup(device: str = "auto", workers: int = 0, amp: bool = False, timeout_s: 
     if workers < 0:
         raise TvmPatternError(f"--workers {workers}: must be >= 0")
     runtime = Runtime(chosen, rank, world, local, workers, amp)
+    if "TORCHELASTIC_RUN_ID" in os.environ:
+        die_with_parent()
     if chosen.type == "cuda":
         torch.cuda.set_device(chosen)
     if world > 1 and not dist.is_initialized():
         kwargs = {"device_id": chosen} if chosen.type == "cuda" else {}
         dist.init_process_group(backend_for(chosen), timeout=timedelta(seconds=timeout_s), **kwargs)
     return runtime
+
+
+def die_with_parent(interval_s: float = 0.2) -> None:
+    """End this process as soon as its parent (torchrun's agent) is gone.
+
+    torchrun starts each worker in a session of its own, so killing torchrun's process group (``kill -9``
+    of a job, a scheduler's pre-emption) would otherwise leave the workers running, orphaned, still writing
+    checkpoints and outputs while the rerun resumes. A daemon thread notices the new parent and kills us.
+    """
+    parent = os.getppid()
+
+    def watch() -> None:
+        while True:
+            time.sleep(interval_s)
+            if os.getppid() != parent:
+                os.kill(os.getpid(), signal.SIGKILL)
+
+    threading.Thread(target=watch, name="tvm-pattern-die-with-parent", daemon=True).start()
 
 
 def teardown() -> None:

@@ -138,9 +138,8 @@ class PatternSparsifier:
         return {
             "rho": self.rho,
             "layers": {
-                layer.name: {"keep": layer.keep, "z": layer.z.cpu(), "u": layer.u.cpu(),
-                             "y": None if layer.y is None else layer.y.cpu(),
-                             "v": None if layer.v is None else layer.v.cpu()}
+                layer.name: {"keep": layer.keep, "z": _copy(layer.z), "u": _copy(layer.u),
+                             "y": _copy(layer.y), "v": _copy(layer.v)}
                 for layer in self.layers
             },
         }  # fmt: skip
@@ -154,9 +153,8 @@ class PatternSparsifier:
             saved, device = state["layers"][layer.name], layer.module.weight.device
             if saved["keep"] != layer.keep or tuple(saved["z"].shape) != tuple(layer.z.shape):
                 raise ModelError(f"ADMM state for {layer.name!r} does not fit: shape or kept kernels differ")
-            layer.z, layer.u = saved["z"].to(device), saved["u"].to(device)
-            layer.y = None if saved["y"] is None else saved["y"].to(device)
-            layer.v = None if saved["v"] is None else saved["v"].to(device)
+            layer.z, layer.u = _copy(saved["z"], device), _copy(saved["u"], device)
+            layer.y, layer.v = _copy(saved["y"], device), _copy(saved["v"], device)
         self.rho = float(state["rho"])
 
     def _project(self, layer: PrunedConv) -> None:
@@ -272,6 +270,11 @@ def mask_optimizer(optimizer: torch.optim.Optimizer, model: nn.Module) -> torch.
                         value.mul_(mask)
 
     return optimizer.register_step_post_hook(zero_pruned)
+
+
+def _copy(tensor: torch.Tensor | None, device: torch.device | str = "cpu") -> torch.Tensor | None:
+    """A copy that shares no memory with ``tensor`` (``.to``/``.cpu`` alone may return the same tensor)."""
+    return None if tensor is None else tensor.detach().to(device, copy=True)
 
 
 def _dense_weight(conv: nn.Conv2d) -> torch.Tensor:
