@@ -6,17 +6,24 @@ DEBIAN_PACKAGES := dataset-fashion-mnist qemu-user-static gcc-aarch64-linux-gnu 
 STAMP := $(VENV)/.installed
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: demo test lint setup debian clean peers
+.PHONY: demo test check lint setup debian clean peers
 
 demo: setup
 	$(BIN)/tvm-pattern demo
 
-test: setup
+test: setup  # everything, as CI runs it
 	$(BIN)/ruff check .
+	$(BIN)/lint-imports
 	$(BIN)/python -m pytest -q
+
+check: setup  # the fast loop: lint, architecture contracts, the tests not marked slow
+	$(BIN)/ruff check .
+	$(BIN)/lint-imports
+	$(BIN)/python -m pytest -q -m "not slow"
 
 lint: setup
 	$(BIN)/ruff check .
+	$(BIN)/lint-imports
 
 setup: debian $(STAMP)
 

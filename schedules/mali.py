@@ -21,7 +21,7 @@ One PrimFunc, two kernels:
 Vector loads and stores are written as ``vload4`` / ``vstore4`` calls (TVM's OpenCL codegen turns
 data-dependent vector accesses into gathers otherwise); OpenCL only needs them 4-byte aligned.
 
-Knobs (``default_config``; all sampled when tuning, see ``tuning_task``):
+Knobs (one ``MaliKnobs``, ``default_config``; all sampled when tuning, see ``tuning_task``):
 
 - structural, fixed when the kernel is generated: ``rows`` (R, output rows per thread), ``vectors``
   (NV, float4 column vectors per thread), ``unroll`` (U, kept kernels per iteration of the kernel loop);
@@ -36,6 +36,7 @@ measured here (no Mali): PoCL on the CPU only checks that the generated OpenCL i
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -43,11 +44,26 @@ import tvm
 from tvm import s_tir
 from tvm.target import Target
 
+from tvm_pattern.devices.opencl import OpenCLProgram
 from tvm_pattern.errors import PatternError
+from tvm_pattern.kernels.pattern_conv2d import (
+    KernelSpec,
+    SparseConvKernel,
+    check_layer,
+    conv_out_shape,
+    fkw_arrays,
+    fkw_params,
+)
+from tvm_pattern.kernels.tvmscript import Script
 
-__all__ = ["GPU_LIMITS", "ROWS", "THREADS_FILTERS", "THREADS_SPACE", "UNROLL", "VECTORS", "default_config",
-           "generate", "gpu_limits", "knob_choices", "local_target", "materialize", "schedule", "tuning_task",
-           "unscheduled", "verify_gpu"]  # fmt: skip
+from .base import Knobs
+from .space import TuningTask, design_space, materialize_template, template_mod
+
+__all__ = ["GPU_LIMITS", "NAME", "ROWS", "THREADS_FILTERS", "THREADS_SPACE", "UNROLL", "VECTORS", "MaliKnobs",
+           "default_config", "generate", "gpu_limits", "knob_choices", "local_target", "materialize", "schedule",
+           "tuning_task", "unscheduled", "verify_gpu"]  # fmt: skip
+
+NAME = "mali"
 
 ROWS = (1, 2, 4)  # R: output rows per thread
 VECTORS = (1, 2, 4)  # NV: float4 column vectors per thread (R x NV <= 16 accumulators)
@@ -58,6 +74,18 @@ PAD_THREADS = 64  # work-group size of the padding kernel
 LANES = 4  # float4
 # Limits for verify_gpu (MetaSchedule's VerifyGPUCode reads them from the target): TVM's mali target.
 GPU_LIMITS = {"max_threads_per_block": 256, "max_shared_memory_per_block": 16384}
+
+
+@dataclass(frozen=True)
+class MaliKnobs(Knobs):
+    """The knobs of the Mali template: ``rows`` x ``vectors`` float4 accumulators per thread, ``unroll`` kept
+    kernels per iteration, work-groups of ``wg_filters`` x ``wg_space`` threads."""
+
+    rows: int
+    vectors: int
+    unroll: int = 1
+    wg_filters: int = 4
+    wg_space: int = 16
 
 
 def local_target() -> Target:
@@ -140,29 +168,27 @@ class _Layout:
         return self.ow - (self.ncb - 1) * self.cols
 
 
-def _layout(spec, data_shape, strides, padding, cfg: dict) -> _Layout:
-    from tvm_pattern.sparse_conv import conv_out_shape
-
+def _layout(spec, data_shape, strides, padding, cfg: MaliKnobs) -> _Layout:
     n, c, h, w = data_shape
     _, o, oh, ow = conv_out_shape(data_shape, spec.out_channels, strides, padding)
-    rows = max(1, min(int(cfg["rows"]), oh))
-    vectors = max(1, min(int(cfg["vectors"]), -(-ow // LANES)))
+    rows = max(1, min(cfg.rows, oh))
+    vectors = max(1, min(cfg.vectors, -(-ow // LANES)))
     return _Layout(n, c, h, w, o, padding[0], padding[1], strides[0], strides[1], oh, ow, rows, vectors)
 
 
-def default_config(packed, data_shape, out_shape, target=None) -> dict:
+def default_config(packed, data_shape, out_shape, target=None) -> MaliKnobs:
     """Knobs for one layer: up to 4 rows x 2 float4 per thread, 4 x 16 threads per work-group, no unroll."""
     oh, ow = out_shape[2], out_shape[3]
     rows = _pow2_at_most(oh, ROWS)[-1]
     vectors = _pow2_at_most(-(-ow // LANES), VECTORS[:2])[-1]
     blocks = out_shape[0] * -(-oh // rows) * -(-ow // (LANES * vectors))
-    return {
-        "rows": rows,
-        "vectors": vectors,
-        "unroll": 1,
-        "wg_filters": _pow2_at_most(out_shape[1], THREADS_FILTERS[:3])[-1],
-        "wg_space": _pow2_at_most(blocks, THREADS_SPACE[:5])[-1],
-    }
+    return MaliKnobs(
+        rows=rows,
+        vectors=vectors,
+        unroll=1,
+        wg_filters=_pow2_at_most(out_shape[1], THREADS_FILTERS[:3])[-1],
+        wg_space=_pow2_at_most(blocks, THREADS_SPACE[:5])[-1],
+    )
 
 
 def knob_choices(packed, data_shape, out_shape, target=None) -> dict[str, list[int]]:
@@ -180,50 +206,31 @@ def knob_choices(packed, data_shape, out_shape, target=None) -> dict[str, list[i
 # ---------------------------------------------------------------- code generation (TVMScript text)
 
 
-def _params(spec, data_shape, out_shape, bias: bool) -> list[str]:
-    def i64(*dims: int) -> str:
-        return "(" + ", ".join(f"T.int64({d})" for d in dims) + ",)"
-
-    nnz = max(spec.nnz, 1)
-    params = [
-        f"data: T.Buffer({i64(*data_shape)}, 'float32')",
-        f"offsets: T.Buffer({i64(spec.out_channels * spec.k + 1)}, 'int32')",
-        f"channels: T.Buffer({i64(nnz)}, 'int32')",
-        f"weights: T.Buffer({i64(nnz * spec.n)}, 'float32')",
-        f"perm: T.Buffer({i64(spec.out_channels)}, 'int32')",
-    ]
-    if bias:
-        params.append(f"bias: T.Buffer({i64(spec.out_channels)}, 'float32')")
-    return [*params, f"out: T.Buffer({i64(*out_shape)}, 'float32')"]
-
-
-def _pad_source(g: _Layout) -> list[str]:
+def _pad_source(script: Script, g: _Layout) -> None:
     """Kernel 1: ``xp`` from ``data``, zeros outside the input."""
-    ind = " " * 12
-    return [
-        f"    for i in T.serial({g.size}):",
-        "        with T.sblock('pad'):",
-        f"            vi = T.axis.spatial({g.size}, i)",
-        f"            T.reads(data[0:{g.n}, 0:{g.c}, 0:{g.h}, 0:{g.w}])",
-        "            T.writes(xp[vi])",
-        f"{ind}bc: T.let = vi // {g.plane}",
-        f"{ind}y: T.let = vi // {g.phases * g.wq} % {g.hp} - {g.top}",
-        f"{ind}x: T.let = vi % {g.wq} * {g.sw} + vi // {g.wq} % {g.phases} - {g.left}",
-        f"{ind}inside: T.let = 0 <= y and y < {g.h} and 0 <= x and x < {g.w}",
-        f"{ind}xp[vi] = T.if_then_else(inside, data[bc // {g.c}, bc % {g.c}, y, x], T.float32(0))",
-    ]
+    with script.block(f"for i in T.serial({g.size}):"), script.block("with T.sblock('pad'):"):
+        script.line(
+            f"vi = T.axis.spatial({g.size}, i)",
+            f"T.reads(data[0:{g.n}, 0:{g.c}, 0:{g.h}, 0:{g.w}])",
+            "T.writes(xp[vi])",
+            f"bc: T.let = vi // {g.plane}",
+            f"y: T.let = vi // {g.phases * g.wq} % {g.hp} - {g.top}",
+            f"x: T.let = vi % {g.wq} * {g.sw} + vi // {g.wq} % {g.phases} - {g.left}",
+            f"inside: T.let = 0 <= y and y < {g.h} and 0 <= x and x < {g.w}",
+            f"xp[vi] = T.if_then_else(inside, data[bc // {g.c}, bc % {g.c}, y, x], T.float32(0))",
+        )
 
 
-def _kernel_body(spec, g: _Layout, p: int, taps: list[tuple[int, int]], tag: str, e: str, ind: str) -> list[str]:
-    """One kept kernel ``e`` of pattern ``p`` on the thread's R x NV block: loads once, then the FMAs."""
-    lines = [
-        f"{ind}ic_{tag}: T.let = channels[{e}]",
-        f"{ind}src_{tag}: T.let = (b * {g.c} + ic_{tag}) * {g.plane} + rb * {g.rows * g.sh * g.phases * g.wq}"
+def _kernel_body(script: Script, spec, g: _Layout, taps: list[tuple[int, int]], tag: str, e: str) -> None:
+    """One kept kernel ``e`` on the thread's R x NV block: loads once, then the FMAs."""
+    script.line(
+        f"ic_{tag}: T.let = channels[{e}]",
+        f"src_{tag}: T.let = (b * {g.c} + ic_{tag}) * {g.plane} + rb * {g.rows * g.sh * g.phases * g.wq}"
         f" + cb * {g.cols}",
-    ]
+    )
     for t in range(len(taps)):  # each weight read once, broadcast once
-        lines.append(f"{ind}s_{tag}_{t}: T.let = weights[({e}) * {spec.n} + {t}]")
-        lines.append(f"{ind}w_{tag}_{t}: T.let = T.Broadcast(s_{tag}_{t}, {LANES})")
+        script.line(f"s_{tag}_{t}: T.let = weights[({e}) * {spec.n} + {t}]",
+                    f"w_{tag}_{t}: T.let = T.Broadcast(s_{tag}_{t}, {LANES})")
     loads: dict[tuple[int, int, int], str] = {}
     updates = []
     for r in range(g.rows):
@@ -235,113 +242,107 @@ def _kernel_body(spec, g: _Layout, p: int, taps: list[tuple[int, int]], tag: str
                     loads[key] = f"x_{tag}_{len(loads)}"
                 terms.append(f"w_{tag}_{t} * {loads[key]}")
             i = r * g.vectors + v
-            updates.append(f"{ind}acc[{i}] = acc[{i}] + " + " + ".join(terms))
+            updates.append(f"acc[{i}] = acc[{i}] + " + " + ".join(terms))
     for (row, ph, q), name in loads.items():
         offset = (row * g.phases + ph) * g.wq + q
-        lines.append(f"{ind}{name}: T.let = T.call_pure_extern('float32x4', 'vload4', 0,"
-                     f" T.address_of(xp[src_{tag} + {offset}]))")
-    return lines + updates
+        script.line(f"{name}: T.let = T.call_pure_extern('float32x4', 'vload4', 0,"
+                    f" T.address_of(xp[src_{tag} + {offset}]))")
+    script.lines(updates)
 
 
-def _pattern_source(spec, g: _Layout, p: int, taps: list[tuple[int, int]], unroll: int, ind: str) -> list[str]:
+def _pattern_source(script: Script, spec, g: _Layout, p: int, taps: list[tuple[int, int]], unroll: int) -> None:
     """The loop over filter o's kept kernels of pattern p, ``unroll`` per iteration, then the remainder."""
     k = spec.k
-    lines = [
-        f"{ind}base_{p}: T.let = offsets[vo * {k} + {p}]",
-        f"{ind}count_{p}: T.let = offsets[vo * {k} + {p + 1}] - base_{p}",
-    ]
+    script.line(f"base_{p}: T.let = offsets[vo * {k} + {p}]",
+                f"count_{p}: T.let = offsets[vo * {k} + {p + 1}] - base_{p}")
     if unroll == 1:
-        lines.append(f"{ind}for kk_{p} in T.serial(count_{p}):")
-        return lines + _kernel_body(spec, g, p, taps, f"{p}", f"base_{p} + kk_{p}", ind + "    ")
-    lines.append(f"{ind}for kk_{p} in T.serial(count_{p} // {unroll}):")
-    for u in range(unroll):
-        e = f"base_{p} + kk_{p} * {unroll} + {u}"
-        lines += _kernel_body(spec, g, p, taps, f"{p}_{u}", e, ind + "    ")
-    lines.append(f"{ind}for kr_{p} in T.serial(count_{p} % {unroll}):")
-    e = f"base_{p} + count_{p} // {unroll} * {unroll} + kr_{p}"
-    return lines + _kernel_body(spec, g, p, taps, f"{p}_r", e, ind + "    ")
+        with script.block(f"for kk_{p} in T.serial(count_{p}):"):
+            _kernel_body(script, spec, g, taps, f"{p}", f"base_{p} + kk_{p}")
+        return
+    with script.block(f"for kk_{p} in T.serial(count_{p} // {unroll}):"):
+        for u in range(unroll):
+            _kernel_body(script, spec, g, taps, f"{p}_{u}", f"base_{p} + kk_{p} * {unroll} + {u}")
+    with script.block(f"for kr_{p} in T.serial(count_{p} % {unroll}):"):
+        _kernel_body(script, spec, g, taps, f"{p}_r", f"base_{p} + count_{p} // {unroll} * {unroll} + kr_{p}")
 
 
-def _store_source(g: _Layout, relu: bool, ind: str) -> list[str]:
-    """float4 stores; rows below the output and lanes right of it (last blocks only) are not stored."""
-    lines = []
+def _store_row(script: Script, g: _Layout, relu: bool, r: int) -> None:
+    """float4 stores of output row ``r`` of the block; lanes right of the output (last blocks only) are not stored."""
     last_cb, rem = g.ncb - 1, g.last_cols()
+    for v in range(g.vectors):
+        i = r * g.vectors + v
+        value = f"T.max(acc[{i}], T.Broadcast(T.float32(0), {LANES}))" if relu else f"acc[{i}]"
+        y = f"y_{r}_{v}"
+        store = (f"T.call_extern('void', 'vstore4', {y}, 0,"
+                 f" T.address_of(out[b, oc, rb * {g.rows} + {r}, cb * {g.cols} + {LANES * v}]))")
+        script.line(f"{y}: T.let = {value}")
+        lanes = min(max(rem - LANES * v, 0), LANES)  # lanes inside the output in the last column group
+        if lanes == LANES:
+            script.line(store)
+            continue
+        with script.block(f"if cb < {last_cb}:"):
+            script.line(store)
+        if lanes:
+            with script.block("else:"):
+                script.lines(f"out[b, oc, rb * {g.rows} + {r}, cb * {g.cols} + {LANES * v + lane}]"
+                             f" = T.Shuffle([{y}], [{lane}])" for lane in range(lanes))
+
+
+def _store_source(script: Script, g: _Layout, relu: bool) -> None:
+    """The block's rows; rows below the output (last row block only) are not stored."""
     for r in range(g.rows):
-        row_ind = ind
         if r >= g.last_rows():
-            lines.append(f"{ind}if rb * {g.rows} + {r} < {g.oh}:")
-            row_ind = ind + "    "
-        for v in range(g.vectors):
-            i = r * g.vectors + v
-            value = f"T.max(acc[{i}], T.Broadcast(T.float32(0), {LANES}))" if relu else f"acc[{i}]"
-            y = f"y_{r}_{v}"
-            store = (f"T.call_extern('void', 'vstore4', {y}, 0,"
-                     f" T.address_of(out[b, oc, rb * {g.rows} + {r}, cb * {g.cols} + {LANES * v}]))")
-            lines.append(f"{row_ind}{y}: T.let = {value}")
-            lanes = min(max(rem - LANES * v, 0), LANES)  # lanes inside the output in the last column group
-            if lanes == LANES:
-                lines.append(f"{row_ind}{store}")
-                continue
-            lines.append(f"{row_ind}if cb < {last_cb}:")
-            lines.append(f"{row_ind}    {store}")
-            if lanes:
-                lines.append(f"{row_ind}else:")
-                for lane in range(lanes):
-                    lines.append(f"{row_ind}    out[b, oc, rb * {g.rows} + {r}, cb * {g.cols} + {LANES * v + lane}]"
-                                 f" = T.Shuffle([{y}], [{lane}])")
-    return lines
+            with script.block(f"if rb * {g.rows} + {r} < {g.oh}:"):
+                _store_row(script, g, relu, r)
+        else:
+            _store_row(script, g, relu, r)
 
 
-def _conv_source(spec, g: _Layout, bias: bool, relu: bool, unroll: int) -> list[str]:
+def _conv_source(script: Script, spec, g: _Layout, bias: bool, relu: bool, unroll: int) -> None:
     """Kernel 2: one (filter, output block) per thread; loops ``o`` and ``s`` are split and bound by ``schedule``."""
-    ind = " " * 12
     reads = [f"xp[0:{g.size}]", f"offsets[0:{spec.out_channels * spec.k + 1}]", f"channels[0:{max(spec.nnz, 1)}]",
              f"weights[0:{max(spec.nnz, 1) * spec.n}]", f"perm[0:{spec.out_channels}]"]
     reads += [f"bias[0:{spec.out_channels}]"] if bias else []
     init = f"T.Broadcast(bias[oc], {LANES})" if bias else f"T.Broadcast(T.float32(0), {LANES})"
-    lines = [
-        f"    for o, s in T.grid({spec.out_channels}, {g.blocks}):",
-        "        with T.sblock('conv'):",
-        "            vo, vs = T.axis.remap('SS', [o, s])",
-        f"            T.reads({', '.join(reads)})",
-        f"            T.writes(out[0:{g.n}, 0:{g.o}, 0:{g.oh}, 0:{g.ow}])",
-        f"{ind}acc = T.alloc_buffer(({g.rows * g.vectors},), 'float32x4', scope='local')",
-        f"{ind}oc: T.let = perm[vo]",
-        f"{ind}b: T.let = vs // {g.nrb * g.ncb}",
-        f"{ind}rb: T.let = vs // {g.ncb} % {g.nrb}",
-        f"{ind}cb: T.let = vs % {g.ncb}",
-        *[f"{ind}acc[{i}] = {init}" for i in range(g.rows * g.vectors)],
-    ]
-    for p, taps in enumerate(spec.taps()):
-        lines += _pattern_source(spec, g, p, taps, unroll, ind)
-    return lines + _store_source(g, relu, ind)
+    writes = f"out[0:{g.n}, 0:{g.o}, 0:{g.oh}, 0:{g.ow}]"
+    with script.sblock("conv", "o, s", (spec.out_channels, g.blocks), "SS", ", ".join(reads), writes):
+        script.line(
+            f"acc = T.alloc_buffer(({g.rows * g.vectors},), 'float32x4', scope='local')",
+            "oc: T.let = perm[vo]",
+            f"b: T.let = vs // {g.nrb * g.ncb}",
+            f"rb: T.let = vs // {g.ncb} % {g.nrb}",
+            f"cb: T.let = vs % {g.ncb}",
+        )
+        script.lines(f"acc[{i}] = {init}" for i in range(g.rows * g.vectors))
+        for p, taps in enumerate(spec.taps()):
+            _pattern_source(script, spec, g, p, taps, unroll)
+        _store_source(script, g, relu)
 
 
-def _source(spec, data_shape, strides, padding, bias: bool, relu: bool, cfg: dict) -> str:
+def _source(spec, data_shape, strides, padding, bias: bool, relu: bool, cfg: MaliKnobs) -> Script:
     g = _layout(spec, data_shape, strides, padding, cfg)
-    out_shape = (g.n, g.o, g.oh, g.ow)
-    lines = [
-        "@T.prim_func(s_tir=True)",
-        f"def sparse_conv2d({', '.join(_params(spec, data_shape, out_shape, bias))}):",
-        "    T.func_attr({'tirx.noalias': True})",
-        f"    xp = T.alloc_buffer(({g.size},), 'float32')",
-        *_pad_source(g),
-        *_conv_source(spec, g, bias, relu, int(cfg["unroll"])),
-    ]
-    return "\n".join(lines) + "\n"
+    script = Script()
+    with script.prim_func("sparse_conv2d", fkw_params(spec, data_shape, (g.n, g.o, g.oh, g.ow), bias),
+                          {"tirx.noalias": True}):
+        script.line(f"xp = T.alloc_buffer(({g.size},), 'float32')")
+        _pad_source(script, g)
+        _conv_source(script, spec, g, bias, relu, cfg.unroll)
+    return script
 
 
-def unscheduled(spec, data_shape, strides, padding, bias: bool, relu: bool, cfg: dict) -> tvm.tirx.PrimFunc:
+def unscheduled(spec, data_shape, strides, padding, bias: bool, relu: bool,
+                cfg: MaliKnobs | Mapping) -> tvm.tirx.PrimFunc:
     """The generated PrimFunc before ``schedule`` (loops not yet bound to threads).
 
-    ``spec``: a ``PackedConv`` or a ``sparse_conv.KernelSpec`` (shapes and patterns, no weights).
+    ``spec``: a ``PackedConv`` or a ``kernels.pattern_conv2d.KernelSpec`` (shapes and patterns, no weights).
     """
-    if int(cfg["unroll"]) not in UNROLL:
-        raise PatternError(f"unroll must be one of {UNROLL}, got {cfg['unroll']}")
+    cfg = MaliKnobs.of(cfg)
+    if cfg.unroll not in UNROLL:
+        raise PatternError(f"unroll must be one of {UNROLL}, got {cfg.unroll}")
     size = _layout(spec, data_shape, strides, padding, cfg).size
     if size >= 2**31:
         raise PatternError(f"the padded input has {size} elements, more than int32 indexing in the kernel allows")
-    return tvm.script.from_source(_source(spec, data_shape, strides, padding, bool(bias), relu, cfg))
+    return _source(spec, data_shape, strides, padding, bool(bias), relu, cfg).parse()
 
 
 # ---------------------------------------------------------------- schedule: the work-group layout
@@ -368,81 +369,67 @@ def schedule(sch: s_tir.Schedule, wg_filters, wg_space) -> None:
     sch.bind(to, "threadIdx.y")
 
 
-def _kernel_func(spec, data_shape, strides, padding, bias: bool, relu: bool, cfg: dict) -> tvm.tirx.PrimFunc:
+def _kernel_func(spec, data_shape, strides, padding, bias: bool, relu: bool, cfg: MaliKnobs) -> tvm.tirx.PrimFunc:
     """Generated and scheduled: the kernel of knobs ``cfg``."""
-    threads, limit = int(cfg["wg_filters"]) * int(cfg["wg_space"]), GPU_LIMITS["max_threads_per_block"]
+    threads, limit = cfg.wg_filters * cfg.wg_space, GPU_LIMITS["max_threads_per_block"]
     if threads > limit:
-        raise PatternError(f"work-group of {cfg['wg_filters']} x {cfg['wg_space']} threads exceeds {limit}")
+        raise PatternError(f"work-group of {cfg.wg_filters} x {cfg.wg_space} threads exceeds {limit}")
     sch = s_tir.Schedule(unscheduled(spec, data_shape, strides, padding, bias, relu, cfg))
-    schedule(sch, int(cfg["wg_filters"]), int(cfg["wg_space"]))
+    schedule(sch, cfg.wg_filters, cfg.wg_space)
     # marked scheduled: the Relax GPU pipeline's dlight pass (ApplyDefaultSchedule) skips it
     return sch.mod["main"].with_attr("tirx.is_scheduled", True)
 
 
-def _arrays(packed) -> tuple[np.ndarray, ...]:
-    channels = packed.channels if packed.nnz else np.zeros(1, np.int32)
-    weights = packed.weights.reshape(-1) if packed.nnz else np.zeros(packed.n, np.float32)
-    return (packed.offsets.astype(np.int32), channels.astype(np.int32),
-            np.ascontiguousarray(weights, dtype=np.float32), packed.perm.astype(np.int32))
-
-
 def generate(packed, data_shape, strides=(1, 1), padding=(1, 1, 1, 1), bias: bool = False, relu: bool = False,
-             target=None, config: dict | None = None):
-    """The scheduled Mali kernel of one layer (``sparse_conv.sparse_conv2d`` delegates here for OpenCL targets).
+             target=None, config: Mapping | None = None) -> SparseConvKernel:
+    """The scheduled Mali kernel of one layer (what ``schedules.sparse_conv2d`` gives for OpenCL targets).
 
     ``func(data, offsets, channels, weights, perm, [bias (O,)], out)``; ``arrays`` are the four FKW arrays.
     ``config`` overrides ``default_config``'s knobs.
     """
-    from tvm_pattern.sparse_conv import SparseConvKernel, _normalise, conv_out_shape
-
-    data_shape, strides, padding = _normalise(packed, data_shape, strides, padding)
+    data_shape, strides, padding = check_layer(packed, data_shape, strides, padding)
     out_shape = conv_out_shape(data_shape, packed.out_channels, strides, padding)
-    cfg = {**default_config(packed, data_shape, out_shape, target), **(config or {})}
+    cfg = default_config(packed, data_shape, out_shape, target).with_overrides(config)
     func = _kernel_func(packed, data_shape, strides, padding, bool(bias), relu, cfg)
-    return SparseConvKernel(func=func, arrays=_arrays(packed), out_shape=out_shape)
+    return SparseConvKernel(func=func, arrays=fkw_arrays(packed), out_shape=out_shape)
 
 
 # ---------------------------------------------------------------- tuning (materialized templates, see space.py)
 
 
-def tuning_task(packed, data_shape, strides, padding, bias, relu: bool, target):
+def tuning_task(packed, data_shape, strides, padding, bias, relu: bool, target) -> TuningTask:
     """The layer as a ``TuningTask``: the default kernel as template, every knob a ``sample_categorical``.
 
     The sampled values are recorded on the template's root block; ``materialize`` generates and schedules
-    the kernel they select (``space.materialize``). ``bias``: the bias values (O,) or a bool.
+    the kernel they select (``space.materialize_template``). ``bias``: the bias values (O,) or a bool.
     """
-    from tvm_pattern.sparse_conv import KernelSpec, _normalise, conv_out_shape
-
-    from .space import TuningTask, design_space, template_mod
-
-    data_shape, strides, padding = _normalise(packed, data_shape, strides, padding)
+    data_shape, strides, padding = check_layer(packed, data_shape, strides, padding)
     out_shape = conv_out_shape(data_shape, packed.out_channels, strides, padding)
     base = default_config(packed, data_shape, out_shape, target)
     has_bias = bias is not None and bias is not False
     choices = knob_choices(packed, data_shape, out_shape, target)
     untuned = {name: int(base[name]) for name, values in choices.items() if int(base[name]) in values}
     description = {
-        "family": "mali", "kernel": KernelSpec.of(packed).to_json(), "data_shape": list(data_shape),
-        "strides": list(strides), "padding": list(padding), "bias": has_bias, "relu": bool(relu), "default": base,
-        "knobs": untuned,
+        "family": NAME, "kernel": KernelSpec.of(packed).to_json(), "data_shape": list(data_shape),
+        "strides": list(strides), "padding": list(padding), "bias": has_bias, "relu": bool(relu),
+        "default": dict(base), "knobs": untuned,
     }
     func = _kernel_func(packed, data_shape, strides, padding, has_bias, relu, base)
-    arrays = _arrays(packed)
+    arrays = fkw_arrays(packed)
     if has_bias:
         values = np.zeros(packed.out_channels, np.float32) if isinstance(bias, bool) else bias
         arrays = (*arrays, np.ascontiguousarray(values, dtype=np.float32).reshape(packed.out_channels))
     shape = "x".join(map(str, data_shape))
     name = (f"pattern_conv2d_mali_{shape}_o{packed.out_channels}_s{strides[0]}{strides[1]}"
             f"_k{packed.k}n{packed.n}_nnz{packed.nnz}")
-    return TuningTask(name, template_mod(func, description), design_space(choices, untuned), arrays)
+    return TuningTask(name, template_mod(func, description), design_space(choices, untuned), arrays,
+                      lambda mod: materialize_template(mod, materialize))
 
 
 def materialize(description: dict, knobs: dict[str, int]) -> tvm.tirx.PrimFunc:
     """The scheduled kernel of a template (``tuning_task``) for sampled ``knobs`` (missing ones: the defaults)."""
-    from tvm_pattern.sparse_conv import KernelSpec
-
     spec = KernelSpec.from_json(description["kernel"])
-    cfg = {**description["default"], **knobs}
+    cfg = MaliKnobs.of(description["default"]).with_overrides(knobs)
     return _kernel_func(spec, tuple(description["data_shape"]), tuple(description["strides"]),
                         tuple(description["padding"]), description["bias"], description["relu"], cfg)
 
@@ -461,9 +448,7 @@ def verify_gpu(func: tvm.tirx.PrimFunc, target: Target | None = None) -> bool:
     """TVM's ``verify_gpu_code`` on ``func`` lowered for the Mali ``target`` (see ``gpu_limits``).
 
     Why not the ``VerifyGPUCode`` postproc itself: a ``TuneContext`` imports every tensor intrinsic
-    (minutes on this machine); the check is the same function on the same lowered code.
+    (minutes); the check is the same function on the same lowered code.
     """
-    from tvm_pattern.opencl import OpenCLProgram
-
     target = target or local_target()
     return OpenCLProgram(func, target).verify(gpu_limits(target))

@@ -6,7 +6,7 @@ A ``TuningTask`` is what ``tvm_pattern.tune`` hands to MetaSchedule for one laye
 - ``space``: the design space (a ``ScheduleFn``) whose trace samples every knob of the template;
 - ``arrays``: the real values of every parameter after ``data`` and before ``out`` (the FKW index and
   weight arrays, the filter split, the bias): runners must pass them, random index arrays read out of bounds;
-- ``materialize``: the compiled kernel for a schedule of ``mod`` (a trace applied).
+- ``materialize``: the kernel for a schedule of ``mod`` (a trace applied).
 
 Why templates are materialized. The generated kernel's block shape (rows x columns of accumulators held in
 registers) and its thread split are the *structure* of generated code: the kernel loop of a block sits inside
@@ -16,14 +16,14 @@ knobs are sampled as trace instructions (``sample_categorical``, recorded on the
 describes itself (``tvm_pattern.template`` on its root block: the family, the layer, the knob choices), so a
 builder worker or a later compile needs nothing but the IRModule. MetaSchedule's search, XGBoost cost model
 (fed with the knob values, which determine the kernel: ``tune.KnobFeatures``), database and replay are used
-as they are.
+as they are. ``schedules.materialize`` finds the family of any template (builders, ``compile --db``).
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import tvm
@@ -36,8 +36,8 @@ from tvm.s_tir.meta_schedule.mutator import PyMutator
 TEMPLATE = "tvm_pattern.template"  # root-block annotation: JSON describing the layer and its knob choices
 KNOB = "tvm_pattern.knob."  # root-block annotation prefix: one sampled value per knob
 
-__all__ = ["KNOB", "TEMPLATE", "MutateKnob", "TuningTask", "build", "design_space", "knobs", "materialize",
-           "materialize_module", "template", "template_mod"]
+__all__ = ["KNOB", "TEMPLATE", "MutateKnob", "TuningTask", "design_space", "knobs", "materialize_template",
+           "template", "template_mod"]
 
 
 @dataclass(frozen=True)
@@ -48,7 +48,7 @@ class TuningTask:
     mod: IRModule
     space: object  # tvm.s_tir.meta_schedule.space_generator.SpaceGenerator
     arrays: tuple[np.ndarray, ...]
-    materialize: Callable[[IRModule], tvm.tirx.PrimFunc] = field(default=lambda mod: materialize(mod))
+    materialize: Callable[[IRModule], tvm.tirx.PrimFunc]
 
 
 def _root(func: tvm.tirx.PrimFunc):
@@ -134,38 +134,14 @@ class MutateKnob(PyMutator):
         return MutateKnob(int(self.rng.integers(2**31)))
 
 
-def materialize(mod: IRModule | tvm.tirx.PrimFunc) -> tvm.tirx.PrimFunc:
-    """The kernel a scheduled template selects (the function itself if it is no template)."""
+def materialize_template(mod: IRModule | tvm.tirx.PrimFunc,
+                         generate: Callable[[dict, dict[str, int]], tvm.tirx.PrimFunc]) -> tvm.tirx.PrimFunc:
+    """The kernel a scheduled template selects, made by ``generate(description, knobs)`` (a family's
+    ``materialize``), with the template's function attributes; the function itself if it is no template."""
     func = mod["main"] if isinstance(mod, IRModule) else mod
     description = template(func)
     if description is None:
         return func
-
-    from . import module  # the family's schedule module generates its kernel
-
-    family = module(description["family"])
-    kernel = family.materialize(description, knobs(func))
+    kernel = generate(description, knobs(func))
     attrs = {k: v for k, v in (func.attrs or {}).items() if k != "global_symbol"}
     return kernel.with_attrs(attrs) if attrs else kernel
-
-
-def materialize_module(mod: IRModule) -> IRModule:
-    """Every template PrimFunc of ``mod`` replaced by the kernel it selects."""
-    updates = {gv: materialize(f) for gv, f in mod.functions_items()
-               if isinstance(f, tvm.tirx.PrimFunc) and template(f) is not None}
-    if not updates:
-        return mod
-    mod = mod.clone()
-    for gvar, func in updates.items():
-        symbol = gvar.name_hint
-        mod.update_func(gvar, func.with_attr("global_symbol", symbol))
-    return mod
-
-
-def build(mod: IRModule, target: tvm.target.Target, _params=None) -> tvm.runtime.Module:
-    """A MetaSchedule builder's ``f_build``: generate the kernels the sampled knobs select, then compile.
-
-    Not MetaSchedule's ``default_build``: it imports ``tvm.s_tir.tensor_intrin``, which takes minutes in every
-    new builder process here (it parses every CUDA / ROCm / Hexagon intrinsic); these kernels use none.
-    """
-    return tvm.tirx.build(materialize_module(mod), target=target)

@@ -2,7 +2,7 @@
 
 Knobs, and who owns them:
 
-- structural, fixed when the kernel is generated (``tvm_pattern.sparse_conv``): ``rows`` (R, output rows
+- structural, fixed when the kernel is generated (``tvm_pattern.kernels.pattern_conv2d``): ``rows`` (R, output rows
   per register block), ``cols`` (output columns per block, NV * V), ``threads`` (the parallel loop over
   output blocks; filters are split into groups balanced by kept kernels when blocks are few) and ``peel``
   (peel the last row / column block into its own shape variant instead of shifting it back);
@@ -11,45 +11,71 @@ Knobs, and who owns them:
   vectorized, the vectors loop unrolled) and ``unroll`` (``sample_categorical`` over auto-unroll steps
   for the rows loop; unrolled rows keep the whole R x NV accumulator block in registers).
 
+All of them are one ``CpuKnobs``.
+
 Why these defaults: the accumulator block must fit the vector register file next to the broadcast weights
-(16 ymm registers on AVX2, 32 on AVX-512); more spills and halves the speed. 8-lane vectors: as fast as
-16-lane ones even on AVX-512 (Zen4 double-pumps 512-bit FMAs), and the only choice on AVX2. The block
-shape is picked by a small cost model (register budget, recomputed edge overlap, per-kernel overhead)
-checked against measurements on this machine (AMD EPYC Zen1 under KVM, AVX2 + FMA, 2 cores).
+(16 ymm registers on AVX2, 32 zmm with AVX-512; ``targets.vector_registers`` reads the target's CPU
+features); more spills and halves the speed. 8-lane vectors: as fast as 16-lane ones on AVX-512 CPUs that
+double-pump 512-bit FMAs, and the only choice on AVX2. The block shape is picked by a small cost model
+(register budget, recomputed edge overlap, per-kernel overhead) fitted on AVX2 measurements. Threads: the
+target's ``num-cores`` (``targets.target_cores``).
 """
 
 from __future__ import annotations
 
-import os
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass
 
 import numpy as np
 import tvm
 from tvm import s_tir
 
+from tvm_pattern.kernels.pattern_conv2d import (
+    VARIANTS_ATTR,
+    KernelSpec,
+    NestShape,
+    SparseConvKernel,
+    check_layer,
+    conv_out_shape,
+    geometry,
+    kernel_arrays,
+    unscheduled,
+)
+from tvm_pattern.targets import target_cores, vector_registers
+
+from .base import Knobs
+from .space import TuningTask, design_space, materialize_template, template_mod
+
+NAME = "x86"
 UNROLL = (0, 16, 64)  # auto-unroll steps for the rows loop (LLVM may unroll small loops anyway)
 
 
-def runtime_threads(threads: int | None = None) -> int:
-    """Ask TVM's thread pool for ``threads`` workers (default: all cores); returns the count requested.
+@dataclass(frozen=True)
+class CpuKnobs(Knobs):
+    """The knobs of the CPU template (x86 and Arm): the generated nest's structure and the schedule's decisions.
 
-    Why: TVM 0.27 sizes its pool from ``TVM_NUM_THREADS``, else from a core count that comes out as 1 on
-    this 2-vCPU VM, which silently runs every ``T.parallel`` loop on one thread (2x slower). The variable
-    is read when the pool starts, so call this before the first compiled function runs.
+    ``rows`` x ``cols``: the output block of accumulators; ``vector``: lanes per vector (the split of ``cols``);
+    ``unroll``: the rows loop's auto-unroll step; ``peel``: peel edge blocks; ``threads``: parallel chunks;
+    ``max_groups``: size the filter split for that many groups (0: what this block needs).
     """
-    threads = threads or os.cpu_count() or 1
-    os.environ.setdefault("TVM_NUM_THREADS", str(threads))
-    return int(os.environ["TVM_NUM_THREADS"])
 
+    rows: int
+    cols: int
+    vector: int
+    unroll: int = 64
+    peel: bool = True
+    threads: int = 1
+    max_groups: int = 0
 
-def vector_registers(target: tvm.target.Target | None) -> int:
-    """16 ymm registers on AVX2, 32 with AVX-512."""
-    mcpu = str(target.attrs.get("mcpu", "")) if target is not None else ""
-    if not mcpu:
-        from tvm.target import codegen
+    def nest(self) -> NestShape:
+        """The structure of the generated nest."""
+        return NestShape(self.rows, self.cols, self.threads, self.peel, self.max_groups)
 
-        mcpu = codegen.llvm_get_system_cpu()
-    wide = ("znver4", "znver5", "skylake-avx512", "cascadelake", "icelake", "sapphirerapids", "tigerlake")
-    return 32 if mcpu.startswith(wide) else 16
+    def description(self) -> dict:
+        """As recorded in a template description (``peel`` as 0/1, no ``max_groups``)."""
+        return {"rows": self.rows, "cols": self.cols, "vector": self.vector, "unroll": self.unroll,
+                "peel": int(self.peel), "threads": self.threads}  # fmt: skip
 
 
 def _acc_budget(regs: int, taps: int) -> int:
@@ -93,33 +119,32 @@ def _block_shape(oh: int, ow: int, budget: int, lanes: int, taps: int) -> tuple[
     return best
 
 
-def block_config(out_shape, taps: int, registers: int, max_lanes: int, threads: int) -> dict:
+def block_config(out_shape, taps: int, registers: int, max_lanes: int, threads: int) -> CpuKnobs:
     """The R x NV block of least modelled cost whose accumulators fit ``registers`` vector registers."""
     oh, ow = out_shape[2], out_shape[3]
     lanes = max_lanes if ow >= max_lanes else 4 if ow >= 4 else 1
     rows, vectors = _block_shape(oh, ow, _acc_budget(registers, taps), lanes, taps)
-    return {"rows": rows, "cols": vectors * lanes, "vector": lanes, "unroll": 64, "peel": True, "threads": threads}
+    return CpuKnobs(rows=rows, cols=vectors * lanes, vector=lanes, unroll=64, peel=True, threads=threads)
 
 
-def block_candidates(base: dict, out_shape, taps: int, registers: int) -> list[dict]:
+def block_candidates(base: CpuKnobs, out_shape, taps: int, registers: int) -> list[CpuKnobs]:
     """Every (rows, vectors) block of ``base``'s lanes within the register budget."""
     oh, ow = out_shape[2], out_shape[3]
-    budget, lanes = _acc_budget(registers, taps), base["vector"]
+    budget, lanes = _acc_budget(registers, taps), base.vector
     return [
-        {**base, "rows": r, "cols": v * lanes}
+        base.with_overrides({"rows": r, "cols": v * lanes})
         for r in range(1, min(oh, 8) + 1)
         for v in range(1, min(-(-ow // lanes), 6) + 1)
         if r * v <= budget and v * lanes <= ow
     ]
 
 
-def default_config(packed, data_shape, out_shape, target=None) -> dict:
+def default_config(packed, data_shape, out_shape, target=None) -> CpuKnobs:
     """Good knobs for one layer: the R x NV block that fits the registers and wastes least, 8-lane vectors."""
-    threads = int(target.attrs.get("num-cores", 0)) if target is not None else 0
-    return block_config(out_shape, packed.n, vector_registers(target), 8, threads or min(2, os.cpu_count() or 1))
+    return block_config(out_shape, packed.n, vector_registers(target), 8, target_cores(target))
 
 
-def candidate_configs(packed, data_shape, out_shape, target=None) -> list[dict]:
+def candidate_configs(packed, data_shape, out_shape, target=None) -> list[CpuKnobs]:
     """The register blocks a tuner picks from for one layer (the ``block`` knob of ``tuning_task``)."""
     base = default_config(packed, data_shape, out_shape, target)
     return block_candidates(base, out_shape, packed.n, vector_registers(target))
@@ -134,8 +159,6 @@ def _variant_blocks(sch: s_tir.Schedule, k: int, v: int) -> list:
 def _variant_count(sch: s_tir.Schedule) -> int:
     """Set by the generator as a function attribute (probing block names with ``get_sblock`` would put
     failing instructions into the trace that MetaSchedule replays)."""
-    from tvm_pattern.sparse_conv import VARIANTS_ATTR
-
     return int(sch.mod["main"].attrs[VARIANTS_ATTR])
 
 
@@ -147,7 +170,7 @@ def _lanes(cols: int, vector: int) -> int:
     return v
 
 
-def schedule(sch: s_tir.Schedule, k: int, decisions: dict | None = None) -> None:
+def schedule(sch: s_tir.Schedule, k: int, decisions: CpuKnobs | Mapping | None = None) -> None:
     """Apply the template; ``decisions`` fixes ``vector`` and ``unroll``, else they are sampled.
 
     Every knob is an instruction of the trace (a sampled value used as a split factor or annotation),
@@ -176,18 +199,17 @@ def schedule(sch: s_tir.Schedule, k: int, decisions: dict | None = None) -> None
             sch.annotate(r, "pragma_unroll_explicit", 1)
 
 
-def apply_default(func: tvm.tirx.PrimFunc, cfg: dict, k: int) -> tvm.tirx.PrimFunc:
+def apply_default(func: tvm.tirx.PrimFunc, cfg: CpuKnobs, k: int) -> tvm.tirx.PrimFunc:
     """The generated function with the default (or ``cfg``'s) schedule decisions applied."""
     sch = s_tir.Schedule(func)
     schedule(sch, k, cfg)
     return sch.mod["main"]
 
 
-def knob_choices(packed, data_shape, out_shape, target, candidates: list[dict]) -> dict[str, list[int]]:
+def knob_choices(packed, data_shape, out_shape, target, candidates: list[CpuKnobs]) -> dict[str, list[int]]:
     """What the tuner may pick per knob: a register block (an index into ``candidates``), lanes per
     vector, parallel chunks per core count, the rows' unroll step, and whether to peel edge blocks."""
-    cores = int(target.attrs.get("num-cores", 0)) if target is not None else 0
-    cores = cores or min(2, os.cpu_count() or 1)
+    cores = target_cores(target)
     return {
         "block": list(range(len(candidates))),
         "lanes": [4, 8],
@@ -197,63 +219,76 @@ def knob_choices(packed, data_shape, out_shape, target, candidates: list[dict]) 
     }
 
 
-def _untuned_knobs(base: dict, candidates: list[dict]) -> dict[str, int]:
+def _untuned_knobs(base: CpuKnobs, candidates: list[CpuKnobs]) -> dict[str, int]:
     """The knob values that select the untuned kernel (``base``, the default config)."""
-    knobs = {"lanes": base["vector"], "threads": base["threads"], "unroll": base["unroll"], "peel": int(base["peel"])}
-    shapes = [(c["rows"], c["cols"]) for c in candidates]
-    if (base["rows"], base["cols"]) in shapes:
-        knobs["block"] = shapes.index((base["rows"], base["cols"]))
+    knobs = {"lanes": base.vector, "threads": base.threads, "unroll": base.unroll, "peel": int(base.peel)}
+    shapes = [(c.rows, c.cols) for c in candidates]
+    if (base.rows, base.cols) in shapes:
+        knobs["block"] = shapes.index((base.rows, base.cols))
     return knobs
 
 
-def tuning_task(packed, data_shape, strides, padding, bias, relu: bool, target, family: str = "x86"):
+def generate(packed, data_shape, strides=(1, 1), padding=(1, 1, 1, 1), bias: bool = False, relu: bool = False,
+             target=None, config: Mapping | None = None, family=None) -> SparseConvKernel:
+    """The scheduled CPU kernel of one layer: ``family``'s (default: this module's) knobs, ``config`` applied."""
+    data_shape, strides, padding = check_layer(packed, data_shape, strides, padding)
+    out_shape = conv_out_shape(data_shape, packed.out_channels, strides, padding)
+    cfg = (family or _this()).default_config(packed, data_shape, out_shape, target).with_overrides(config)
+    func = apply_default(unscheduled(packed, data_shape, strides, padding, bias, relu, cfg.nest()), cfg, packed.k)
+    groups = geometry(packed, data_shape, strides, padding, cfg.nest()).groups(cfg.threads)
+    return SparseConvKernel(func=func, arrays=kernel_arrays(packed, max(groups, cfg.max_groups or 1)),
+                            out_shape=out_shape)
+
+
+def _this():
+    """This module, as the family whose knobs ``generate`` / ``tuning_task`` use by default."""
+    return sys.modules[__name__]
+
+
+def tuning_task(packed, data_shape, strides, padding, bias, relu: bool, target, family=None) -> TuningTask:
     """The layer as a ``TuningTask``: the default kernel as template, every knob a MetaSchedule sample.
 
-    ``bias``: the bias values (O,), or a bool. ``family``: whose ``candidate_configs`` / ``default_config``
-    define the choices (the Arm template reuses this one).
+    ``bias``: the bias values (O,), or a bool. ``family``: the module whose ``candidate_configs`` /
+    ``default_config`` define the choices (default this one; the Arm template reuses this template).
     """
-    from tvm_pattern import schedules
-    from tvm_pattern.sparse_conv import KernelSpec, _arrays, _geometry, conv_out_shape, unscheduled
-
-    from .space import TuningTask, design_space, template_mod
-
-    module = schedules.module(family)
+    family = family or _this()
+    data_shape, strides, padding = check_layer(packed, data_shape, strides, padding)
     out_shape = conv_out_shape(data_shape, packed.out_channels, strides, padding)
-    base = module.default_config(packed, data_shape, out_shape, target)
-    candidates = module.candidate_configs(packed, data_shape, out_shape, target)
+    base = family.default_config(packed, data_shape, out_shape, target)
+    candidates = family.candidate_configs(packed, data_shape, out_shape, target)
     choices = knob_choices(packed, data_shape, out_shape, target, candidates)
-    max_groups = max(_geometry(packed, data_shape, strides, padding, {**c, "threads": t}).groups(t)
+    max_groups = max(geometry(packed, data_shape, strides, padding, c.nest().with_threads(t)).groups(t)
                      for c in candidates for t in choices["threads"])
     description = {
-        "family": family, "kernel": KernelSpec.of(packed).to_json(), "data_shape": list(data_shape),
+        "family": family.NAME, "kernel": KernelSpec.of(packed).to_json(), "data_shape": list(data_shape),
         "strides": list(strides), "padding": list(padding), "bias": bias is not False and bias is not None,
-        "relu": bool(relu), "blocks": [[c["rows"], c["cols"]] for c in candidates], "max_groups": max_groups,
-        "default": {**base, "peel": int(base["peel"])}, "knobs": _untuned_knobs(base, candidates),
+        "relu": bool(relu), "blocks": [[c.rows, c.cols] for c in candidates], "max_groups": max_groups,
+        "default": base.description(), "knobs": _untuned_knobs(base, candidates),
     }
-    func = unscheduled(packed, data_shape, strides, padding, description["bias"], relu,
-                       {**base, "max_groups": max_groups})
-    arrays = _arrays(packed, max_groups)
+    base = base.with_overrides({"max_groups": max_groups})
+    func = unscheduled(packed, data_shape, strides, padding, description["bias"], relu, base.nest())
+    arrays = kernel_arrays(packed, max_groups)
     if description["bias"]:
         values = np.zeros(packed.out_channels, np.float32) if isinstance(bias, bool) else bias
         arrays = (*arrays, np.ascontiguousarray(values, dtype=np.float32))
     shape = "x".join(map(str, data_shape))
-    name = (f"pattern_conv2d_{family}_{shape}_o{packed.out_channels}_s{strides[0]}{strides[1]}"
+    name = (f"pattern_conv2d_{family.NAME}_{shape}_o{packed.out_channels}_s{strides[0]}{strides[1]}"
             f"_k{packed.k}n{packed.n}_nnz{packed.nnz}")
-    return TuningTask(name, template_mod(func, description), design_space(choices, description["knobs"]), arrays)
+    space = design_space(choices, description["knobs"])
+    return TuningTask(name, template_mod(func, description), space, arrays,
+                      lambda mod: materialize_template(mod, materialize))
 
 
 def materialize(description: dict, knobs: dict[str, int]) -> tvm.tirx.PrimFunc:
     """The kernel of a template (``tuning_task``) for sampled ``knobs`` (missing ones: the defaults)."""
-    from tvm_pattern.sparse_conv import KernelSpec, unscheduled
-
     spec = KernelSpec.from_json(description["kernel"])
     default = description["default"]
     rows, cols = description["blocks"][knobs["block"]] if "block" in knobs else (default["rows"], default["cols"])
-    cfg = {
-        "rows": rows, "cols": cols, "vector": knobs.get("lanes", default["vector"]),
-        "threads": knobs.get("threads", default["threads"]), "unroll": knobs.get("unroll", default["unroll"]),
-        "peel": bool(knobs.get("peel", default["peel"])), "max_groups": description["max_groups"],
-    }
+    cfg = CpuKnobs(
+        rows=rows, cols=cols, vector=knobs.get("lanes", default["vector"]),
+        threads=knobs.get("threads", default["threads"]), unroll=knobs.get("unroll", default["unroll"]),
+        peel=bool(knobs.get("peel", default["peel"])), max_groups=description["max_groups"],
+    )
     func = unscheduled(spec, description["data_shape"], description["strides"], description["padding"],
-                       description["bias"], description["relu"], cfg)
+                       description["bias"], description["relu"], cfg.nest())
     return apply_default(func, cfg, spec.k)

@@ -15,7 +15,8 @@ import tvm
 from torch import nn
 from tqdm.auto import tqdm
 
-from . import compiler
+from . import pipeline
+from .frontend import import_onnx
 from .prune.data import Split
 from .targets import resolve_target
 
@@ -47,8 +48,8 @@ def check_and_time(out: Path, model: nn.Module, test_split: Split, progress: boo
     time.sleep(0.5)  # let PyTorch's OpenMP workers go idle before TVM's pool runs
 
     library = out / "patterns.json"
-    compiled_path = compiler.compile_command(out / "model.onnx", "x86", out / "model.so", library, strict=True)
-    ours = compiler.load(compiled_path)
+    compiled_path = pipeline.compile_command(out / "model.onnx", "x86", out / "model.so", library, strict=True)
+    ours = pipeline.load(compiled_path)
     tvm_logits = predict(ours, test_split, progress)
     labels = test_split.labels
     result = {
@@ -59,8 +60,8 @@ def check_and_time(out: Path, model: nn.Module, test_split: Split, progress: boo
         "torch_ms": torch_ms,
     }
 
-    stock = tvm.compile(compiler.import_onnx(out / "model.onnx"), target=resolve_target("x86"))
-    dense = compiler.CompiledModel(stock)
+    stock = tvm.compile(import_onnx(out / "model.onnx"), target=resolve_target("x86"))
+    dense = pipeline.CompiledModel(stock)
     result["tvm_dense_ms"] = median_ms(lambda: dense(x), repeats=50, warmup=5)
     result["sparse_ms"] = median_ms(lambda: ours(x))
     (out / "demo.json").write_text(json.dumps(result, indent=2))

@@ -19,7 +19,7 @@ import psutil
 import pytest
 import torch
 import tvm
-from cnn_models import SmallCNN, export_onnx, library8, prune_model
+from helpers.cnn_models import SmallCNN, export_onnx, library8, prune_model
 
 from tvm_pattern.compiler import compile_file
 from tvm_pattern.errors import RPCError, TvmPatternError

@@ -9,7 +9,15 @@ import numpy as np
 import pytest
 import torch
 import tvm
-from cnn_models import SmallCNN, import_torch, import_torch_params, library8, prune_model, prune_weight, torch_out
+from helpers.cnn_models import (
+    SmallCNN,
+    import_torch,
+    import_torch_params,
+    library8,
+    prune_model,
+    prune_weight,
+    torch_out,
+)
 from tvm import relax
 
 from tvm_pattern.errors import PatternError

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 import tvm
-from cnn_models import VGG16, ResNet18, SmallCNN, export_onnx, import_torch, library8, prune_model, torch_out
+from helpers.cnn_models import VGG16, ResNet18, SmallCNN, export_onnx, import_torch, library8, prune_model, torch_out
 
 from tvm_pattern.compiler import (
     CompiledModel,

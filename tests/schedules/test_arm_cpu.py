@@ -14,8 +14,9 @@ import numpy as np
 import pytest
 import torch
 import tvm
-from cnn_models import SmallCNN, export_onnx, library8, prune_model, torch_out
-from test_sparse_conv import DENSE, pruned, reference
+from helpers.cases import CASES
+from helpers.cnn_models import SmallCNN, export_onnx, library8, prune_model, torch_out
+from helpers.kernels import DENSE, pruned, reference
 from tvm import relax
 from tvm_pattern.schedules import arm_cpu, for_target
 
@@ -53,15 +54,6 @@ def upload(server, executable: tvm.runtime.Executable, path: Path):
     remote = server.connect()
     remote.upload(str(path))
     return remote, remote.load_module(path.name)
-
-
-CASES = {  # (out, in, H, W, batch), stride, padding (top, left, bottom, right), taps, bias, relu
-    "odd-sizes-bias-relu": ((12, 7, 13, 17, 1), 1, (1, 1, 1, 1), 4, True, True),
-    "stride2": ((24, 16, 20, 20, 1), 2, (1, 1, 1, 1), 4, False, False),
-    "asymmetric-padding-batch2": ((3, 5, 9, 11, 2), 1, (0, 2, 1, 0), 3, False, True),
-    "dense-first-layer-stride2": ((9, 3, 15, 15, 1), 2, (1, 1, 1, 1), 9, True, True),
-    "vgg-like-8x": ((32, 32, 28, 28, 1), 1, (1, 1, 1, 1), 4, True, False),
-}
 
 
 @pytest.mark.slow

@@ -17,7 +17,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 import tvm
-from test_arm import CASES as ARM_CASES
+from helpers.cases import CASES as ARM_CASES
 from tvm import relax, s_tir
 from tvm_pattern.schedules import mali
 from tvm_pattern.schedules.space import knobs

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import tvm
 import tvm_ffi
+from helpers.kernels import TARGET, pruned, reference, run
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from test_sparse_conv import TARGET, pruned, reference, run
 from tvm import s_tir
 from tvm.s_tir import meta_schedule as ms
 from tvm_pattern.schedules import space

@@ -22,11 +22,11 @@ import pytest
 import torch
 import tvm
 import tvm_ffi
-from cnn_models import export_onnx, library8, prune_weight, torch_out
+from helpers.cnn_models import export_onnx, library8, prune_weight, torch_out
 from torch import nn
 
 from tvm_pattern import cli
-from tvm_pattern.compiler import _cpu_pipeline, compile_command, compile_file, import_onnx, load
+from tvm_pattern.compiler import compile_command, compile_file, cpu_pipeline, import_onnx, load
 from tvm_pattern.errors import RPCError, TvmPatternError
 from tvm_pattern.rpc import Server, Tracker, free_port
 from tvm_pattern.targets import resolve_target
@@ -152,7 +152,7 @@ def test_tuned_kernels_are_the_compiled_functions(net, tuned):
     kernels = [tuned_kernel(task, database, target) for task in extract_tasks(mod, target)]
     sparse = PatternSparseConv2d(target=target, dense_kernel=True, database=database)
     with target:
-        lowered = _cpu_pipeline(target)(sparse(mod))
+        lowered = cpu_pipeline(target)(sparse(mod))
     prims = [f for _, f in lowered.functions_items() if isinstance(f, tvm.tirx.PrimFunc)]
     compiled = [f for f in prims if int(f.attrs.get("op_pattern", 0)) == 8]
     assert len(sparse.summary) == 3 and all(r.tuned for r in sparse.summary)

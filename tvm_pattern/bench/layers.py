@@ -138,7 +138,7 @@ def _sparse_layer(layer: Layer, weight: np.ndarray, library, target, relu: bool 
     """(compiled fn, argument tensors) for our kernel on a random input."""
     import tvm
 
-    from ..sparse_conv import sparse_conv2d
+    from ..schedules import sparse_conv2d
     from ..sparsity.format import pack
 
     kernel = sparse_conv2d(
@@ -315,7 +315,7 @@ def run_bench(
     suite: str,
     compression: float,
     json_path: str | None,
-    threads: int = 2,
+    threads: int | None = None,
     repeats: int = 15,
     progress: bool = True,
     tvm_dense_repeats: int = 2,
@@ -323,9 +323,10 @@ def run_bench(
     """Benchmark every 3x3 conv of ``suite`` at ``compression`` (2.25 or 8); print a table, write JSON."""
     if suite not in SUITES:
         raise TvmPatternError(f"unknown suite {suite!r}; choose one of {sorted(SUITES)}")
-    from ..schedules import x86
+    from ..targets import host_cores, runtime_threads
 
-    x86.runtime_threads(threads)
+    threads = threads or host_cores()
+    runtime_threads(threads)
     layers = SUITES[suite]
     weights, library = prune_suite(layers, float(compression))
     target = _target(threads)
@@ -389,7 +390,7 @@ def run_tuned_bench(
     trials: int = 64,
     work_dir: str | None = None,
     compression: float = 8.0,
-    threads: int = 2,
+    threads: int | None = None,
     repeats: int = 15,
     progress: bool = True,
     json_path: str | None = None,
@@ -401,16 +402,17 @@ def run_tuned_bench(
     """
     import tvm
 
-    from ..schedules import x86
-    from ..sparse_conv import tuning_task
+    from ..schedules import tuning_task
     from ..sparsity.format import pack
+    from ..targets import host_cores, runtime_threads
     from ..tune import open_database, tune, tuned_kernel
 
     layers = SUITES["vgg16"]
     unknown = sorted(set(names) - {ly.name for ly in layers})
     if unknown or not names:
         raise TvmPatternError(f"unknown VGG-16 layer(s) {unknown or names}; choose from {[ly.name for ly in layers]}")
-    x86.runtime_threads(threads)
+    threads = threads or host_cores()
+    runtime_threads(threads)
     weights, library = prune_suite(layers, float(compression))
     chosen = [(ly, w) for ly, w in zip(layers, weights, strict=True) if ly.name in names]
     target = _target(threads)

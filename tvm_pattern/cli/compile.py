@@ -17,7 +17,7 @@ def register(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..compiler import compile_command
+    from ..pipeline import compile_command
 
     compile_command(args.model, args.target, args.out, args.patterns, args.strict, database=args.db)
     return 0

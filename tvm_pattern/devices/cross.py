@@ -19,8 +19,8 @@ from pathlib import Path
 
 import tvm
 
-from .errors import TvmPatternError
-from .targets import is_host
+from ..errors import TvmPatternError
+from ..targets import is_host
 
 __all__ = ["DEBIAN_CROSS", "NDK_API", "Linker", "builder_export", "cpu_arch", "export_options", "linker"]
 

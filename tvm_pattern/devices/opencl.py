@@ -24,7 +24,7 @@ from tvm.ir import IRModule
 from tvm.target import Target
 from tvm.tirx.build import codegen_build, split_host_device_mods
 
-from .errors import TvmPatternError
+from ..errors import TvmPatternError
 
 __all__ = ["KernelLaunch", "OpenCLError", "OpenCLProgram", "opencl_device", "run_many", "run_opencl"]
 

@@ -30,8 +30,8 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+from ..errors import RPCError
 from . import rpc
-from .errors import RPCError
 
 __all__ = ["DEBIAN_PACKAGES", "WHEELS", "EmulatedPhone", "PhoneServer", "default_root", "qemu", "serve"]
 

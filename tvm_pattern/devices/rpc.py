@@ -25,7 +25,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from .errors import RPCError
+from ..errors import RPCError
 
 __all__ = ["Server", "Tracker", "free_port", "port_in_use", "tracker_servers", "wait_for_servers"]
 

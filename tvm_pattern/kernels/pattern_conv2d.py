@@ -20,31 +20,41 @@ contiguous run of them, so row blocks are outermost and a thread's input stays i
 
 Blocks that would run past the output edge are shifted back to end on it (``r0 = min(rb*R, OH-R)``), so
 every block is full and vector stores need no mask; overlapping outputs are recomputed, not summed.
-Knobs: ``rows`` (R), ``cols`` (C) and ``threads`` shape the generated nest; the vector split and the
-unrolling are schedule decisions of ``tvm_pattern.schedules`` (see ``schedules/x86.py``).
+The structure of the nest is a ``NestShape``: ``rows`` (R), ``cols`` (C), ``threads``, ``peel`` and
+``max_groups``; the vector split and the unrolling are schedule decisions of ``tvm_pattern.schedules``
+(see ``schedules/x86.py``, whose ``CpuKnobs`` hold both kinds).
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
 import tvm
 
-from .errors import PatternError
-from .sparsity.format import PackedConv
+from ..errors import PatternError
+from ..sparsity.format import PackedConv
+from .tvmscript import Script, buffer_param
 
 VARIANTS_ATTR = "tvm_pattern.block_variants"  # function attribute: how many block-shape variants to schedule
 
 __all__ = [
+    "VARIANTS_ATTR",
+    "Geometry",
     "KernelSpec",
+    "NestShape",
     "SparseConvKernel",
+    "check_layer",
     "conv_out_shape",
-    "layer_config",
-    "sparse_conv2d",
+    "fit_block",
+    "fkw_arrays",
+    "fkw_params",
+    "geometry",
+    "kernel_arrays",
+    "split_base",
     "thread_split",
     "thread_splits",
-    "tuning_task",
     "unscheduled",
 ]
 
@@ -92,6 +102,33 @@ class SparseConvKernel:
     out_shape: tuple[int, int, int, int]
 
 
+@dataclass(frozen=True)
+class NestShape:
+    """The structural knobs of the generated nest: output block ``rows`` x ``cols``, parallel ``threads``,
+    ``peel`` (peel the last row / column block into its own shape variant instead of shifting it back) and
+    ``max_groups`` (size ``tsplit`` for that many filter groups, so kernels of other knobs share one signature;
+    0: what this shape needs)."""
+
+    rows: int
+    cols: int
+    threads: int
+    peel: bool = True
+    max_groups: int = 0
+
+    @classmethod
+    def of(cls, knobs: NestShape | Mapping | object) -> NestShape:
+        """The nest shape of a knob set: a ``NestShape``, any object with these attributes, or a mapping."""
+        if isinstance(knobs, NestShape):
+            return knobs
+        get = knobs.get if isinstance(knobs, Mapping) else lambda name, default=None: getattr(knobs, name, default)
+        return cls(int(get("rows")), int(get("cols")), int(get("threads")), bool(get("peel", True)),
+                   int(get("max_groups", 0) or 0))  # fmt: skip
+
+    def with_threads(self, threads: int) -> NestShape:
+        return NestShape(self.rows, self.cols, threads, self.peel, self.max_groups)
+
+
+
 def conv_out_shape(
     data_shape: tuple[int, ...], out_channels: int, strides: tuple[int, ...], padding: tuple[int, ...]
 ) -> tuple[int, int, int, int]:
@@ -132,6 +169,7 @@ def thread_splits(packed: PackedConv, max_groups: int) -> np.ndarray:
 
 
 def _check_args(packed: PackedConv | KernelSpec, data_shape, strides, padding) -> None:
+    """Raise ``PatternError`` naming what is wrong with a layer's shapes."""
     if len(data_shape) != 4 or min(data_shape) < 1:
         raise PatternError(f"data_shape must be NCHW with positive sizes, got {data_shape}")
     if data_shape[1] != packed.in_channels:
@@ -145,15 +183,13 @@ def _check_args(packed: PackedConv | KernelSpec, data_shape, strides, padding) -
         raise PatternError(f"input {data_shape} with padding {padding} is smaller than the 3x3 kernel")
 
 
-def fit_block(cfg: dict, oh: int, ow: int) -> tuple[int, int]:
+def fit_block(nest: NestShape, oh: int, ow: int) -> tuple[int, int]:
     """(rows, cols) of the output block, shrunk to fit the output plane (blocks never run past the edge)."""
-    rows = max(1, min(int(cfg["rows"]), oh))
-    cols = max(1, min(int(cfg["cols"]), ow))
-    return rows, cols
+    return max(1, min(nest.rows, oh)), max(1, min(nest.cols, ow))
 
 
 @dataclass(frozen=True)
-class _Geometry:
+class Geometry:
     """Sizes of one generated layer: input, output, output blocks and their input slabs."""
 
     n: int
@@ -236,22 +272,22 @@ class _Geometry:
         return (self.rows - 1) * self.sh + 3, self.sw, self.cols + 2 // self.sw
 
 
-def _geometry(packed: PackedConv | KernelSpec, data_shape, strides, padding, cfg: dict) -> _Geometry:
+def geometry(packed: PackedConv | KernelSpec, data_shape, strides, padding, nest: NestShape) -> Geometry:
+    """The sizes of one layer generated with ``nest``."""
     n, c, h, w = data_shape
     _, _, oh, ow = conv_out_shape(data_shape, packed.out_channels, strides, padding)
-    rows, cols = fit_block(cfg, oh, ow)
-    peel = bool(cfg.get("peel", True))
-    return _Geometry(n, c, h, w, padding[0], padding[1], strides[0], strides[1], oh, ow, rows, cols, peel)
+    rows, cols = fit_block(nest, oh, ow)
+    return Geometry(n, c, h, w, padding[0], padding[1], strides[0], strides[1], oh, ow, rows, cols, nest.peel)
 
 
-def _tap_sum(taps: list[tuple[int, int]], g: _Geometry) -> str:
+def _tap_sum(taps: list[tuple[int, int]], g: Geometry) -> str:
     """``w0 * x(tap 0) + w1 * x(tap 1) + ...`` with the pattern's offsets as literals."""
     x = "w{t} * slab[ic, vr * {sh} + {dr}, {ph}, vj + {dj}]"
     terms = [x.format(t=t, sh=g.sh, dr=dr, ph=dc % g.sw, dj=dc // g.sw) for t, (dr, dc) in enumerate(taps)]
     return " + ".join(terms)
 
 
-def _interior(g: _Geometry) -> tuple[int, int]:
+def _interior(g: Geometry) -> tuple[int, int]:
     """First and last column block whose slab lies inside the input (no padding to insert)."""
     _, sp, sc = g.slab
 
@@ -262,7 +298,7 @@ def _interior(g: _Geometry) -> tuple[int, int]:
     return (inside[0], inside[-1]) if inside else (1, 0)
 
 
-def _pack_source(g: _Geometry, ind: str) -> list[str]:
+def _pack_source(script: Script, g: Geometry) -> None:
     """Copy the current block's input slab (zero padding included) to the thread's contiguous tile.
 
     Why: the kept kernels of a filter read scattered input channels; with a contiguous slab per channel
@@ -274,86 +310,68 @@ def _pack_source(g: _Geometry, ind: str) -> list[str]:
     lo, hi = _interior(g)
     x = f"(c0 + cc) * {g.sw} + ph - {g.left}"
     dst = "slab[ch, rr, ph, cc]"
-    return [
-        f"{ind}for ch, rr in T.grid({g.c}, {g.slab[0]}):",
-        f"{ind}    y: T.let = r0 * {g.sh} + rr - {g.top}",
-        f"{ind}    if 0 <= y and y < {g.h}:",
-        f"{ind}        if {lo} <= cb and cb <= {hi}:",
-        f"{ind}            for ph, cc in T.grid({sp}, {sc}):",
-        f"{ind}                {dst} = data[b, ch, y, {x}]",
-        f"{ind}        else:",
-        f"{ind}            for ph, cc in T.grid({sp}, {sc}):",
-        f"{ind}                x: T.let = {x}",
-        f"{ind}                {dst} = T.if_then_else(0 <= x and x < {g.w}, data[b, ch, y, x], T.float32(0))",
-        f"{ind}    else:",
-        f"{ind}        for ph, cc in T.grid({sp}, {sc}):",
-        f"{ind}            {dst} = T.float32(0)",
-    ]
+    columns = f"for ph, cc in T.grid({sp}, {sc}):"
+    with script.block(f"for ch, rr in T.grid({g.c}, {g.slab[0]}):"):
+        script.line(f"y: T.let = r0 * {g.sh} + rr - {g.top}")
+        with script.block(f"if 0 <= y and y < {g.h}:"):
+            with script.block(f"if {lo} <= cb and cb <= {hi}:"), script.block(columns):
+                script.line(f"{dst} = data[b, ch, y, {x}]")
+            with script.block("else:"), script.block(columns):
+                script.line(f"x: T.let = {x}",
+                            f"{dst} = T.if_then_else(0 <= x and x < {g.w}, data[b, ch, y, x], T.float32(0))")
+        with script.block("else:"), script.block(columns):
+            script.line(f"{dst} = T.float32(0)")
 
 
-def _params(packed: KernelSpec, data_shape, out_shape, max_groups: int, bias: bool) -> list[str]:
-    def i64(*dims: int) -> str:
-        return "(" + ", ".join(f"T.int64({d})" for d in dims) + ",)"
-
-    o, nnz = packed.out_channels, max(packed.nnz, 1)
+def fkw_params(spec: KernelSpec | PackedConv, data_shape, out_shape, bias: bool,
+               extra: tuple[str, ...] = ()) -> list[str]:
+    """The parameters of a pattern-sparse conv: ``data``, the four FKW arrays, ``extra``, [``bias``], ``out``."""
+    o, nnz = spec.out_channels, max(spec.nnz, 1)
     params = [
-        f"data: T.Buffer({i64(*data_shape)}, 'float32')",
-        f"offsets: T.Buffer({i64(o * packed.k + 1)}, 'int32')",
-        f"channels: T.Buffer({i64(nnz)}, 'int32')",
-        f"weights: T.Buffer({i64(nnz * packed.n)}, 'float32')",
-        f"perm: T.Buffer({i64(o)}, 'int32')",
-        f"tsplit: T.Buffer({i64(split_base(max_groups + 1))}, 'int32')",
+        buffer_param("data", data_shape),
+        buffer_param("offsets", (o * spec.k + 1,), "int32"),
+        buffer_param("channels", (nnz,), "int32"),
+        buffer_param("weights", (nnz * spec.n,)),
+        buffer_param("perm", (o,), "int32"),
+        *extra,
     ]
     if bias:
-        params.append(f"bias: T.Buffer({i64(o)}, 'float32')")
-    return [*params, f"out: T.Buffer({i64(*out_shape)}, 'float32')"]
+        params.append(buffer_param("bias", (o,)))
+    return [*params, buffer_param("out", out_shape)]
 
 
-def _block(name: str, shape: tuple[int, int], indent: str, reads: str, writes: str, body: str) -> list[str]:
+def _block(script: Script, name: str, shape: tuple[int, int], reads: str, writes: str, body: str) -> None:
     """An (rows x cols) loop nest over one output block, as an sblock the schedule splits and vectorizes."""
-    return [
-        f"{indent}for r, j in T.grid({shape[0]}, {shape[1]}):",
-        f"{indent}    with T.sblock('{name}'):",
-        f"{indent}        vr, vj = T.axis.remap('SS', [r, j])",
-        f"{indent}        T.reads({reads})",
-        f"{indent}        T.writes({writes})",
-        f"{indent}        {body}",
-    ]
+    with script.sblock(name, "r, j", shape, "SS", reads, writes):
+        script.line(body)
 
 
-def _pattern_loop(p: int, taps: list[tuple[int, int]], k: int, g: _Geometry, v: int, ind: str) -> list[str]:
+def _pattern_loop(script: Script, p: int, taps: list[tuple[int, int]], k: int, g: Geometry, v: int) -> None:
     """The loop over filter o's kept kernels of pattern p; the body has p's offsets as constants."""
-    lines = [
-        f"{ind}for kk in T.serial(offsets[o * {k} + {p + 1}] - offsets[o * {k} + {p}]):",
-        f"{ind}    e: T.let = offsets[o * {k} + {p}] + kk",
-        f"{ind}    ic: T.let = channels[e]",
-        *[f"{ind}    w{t}: T.let = weights[e * {len(taps)} + {t}]" for t in range(len(taps))],
-    ]
-    reads = f"slab[ic, vr * {g.sh}:vr * {g.sh} + 3, 0:{g.sw}, vj:vj + {g.slab[2] - g.cols + 1}]"
-    body = f"acc[vr, vj] = acc[vr, vj] + {_tap_sum(taps, g)}"
-    return lines + _block(f"acc_p{p}_v{v}", g.variants()[v], ind + "    ", reads, "acc[vr, vj]", body)
+    with script.block(f"for kk in T.serial(offsets[o * {k} + {p + 1}] - offsets[o * {k} + {p}]):"):
+        script.line(f"e: T.let = offsets[o * {k} + {p}] + kk", "ic: T.let = channels[e]")
+        script.lines(f"w{t}: T.let = weights[e * {len(taps)} + {t}]" for t in range(len(taps)))
+        reads = f"slab[ic, vr * {g.sh}:vr * {g.sh} + 3, 0:{g.sw}, vj:vj + {g.slab[2] - g.cols + 1}]"
+        body = f"acc[vr, vj] = acc[vr, vj] + {_tap_sum(taps, g)}"
+        _block(script, f"acc_p{p}_v{v}", g.variants()[v], reads, "acc[vr, vj]", body)
 
 
-def _filters_source(packed: KernelSpec, g: _Geometry, v: int, bias: bool, relu: bool, ind: str) -> list[str]:
+def _filters_source(script: Script, spec: KernelSpec, g: Geometry, v: int, bias: bool, relu: bool) -> None:
     """Every filter of the item's group on one output block of shape variant ``v``."""
     shape = g.variants()[v]
     init = "bias[oc]" if bias else "T.float32(0)"
     value = "T.max(acc[vr, vj], T.float32(0))" if relu else "acc[vr, vj]"
-    inner = ind + "    "
-    lines = [
-        f"{ind}for oo in T.serial(tsplit[sb + grp + 1] - tsplit[sb + grp]):",
-        f"{inner}o: T.let = tsplit[sb + grp] + oo",
-        f"{inner}oc: T.let = perm[o]",
-        f"{inner}acc = T.alloc_buffer(({shape[0]}, {shape[1]}), 'float32')",
-        *_block(f"acc_init_v{v}", shape, inner, "", "acc[vr, vj]", f"acc[vr, vj] = {init}"),
-    ]
-    for p, taps in enumerate(packed.taps()):
-        lines += _pattern_loop(p, taps, packed.k, g, v, inner)
-    store = "out[b, oc, r0 + vr, c0 + vj]"
-    return lines + _block(f"store_v{v}", shape, inner, "acc[vr, vj]", store, f"{store} = {value}")
+    with script.block("for oo in T.serial(tsplit[sb + grp + 1] - tsplit[sb + grp]):"):
+        script.line("o: T.let = tsplit[sb + grp] + oo", "oc: T.let = perm[o]",
+                    f"acc = T.alloc_buffer(({shape[0]}, {shape[1]}), 'float32')")
+        _block(script, f"acc_init_v{v}", shape, "", "acc[vr, vj]", f"acc[vr, vj] = {init}")
+        for p, taps in enumerate(spec.taps()):
+            _pattern_loop(script, p, taps, spec.k, g, v)
+        store = "out[b, oc, r0 + vr, c0 + vj]"
+        _block(script, f"store_v{v}", shape, "acc[vr, vj]", store, f"{store} = {value}")
 
 
-def _dispatch_source(packed: KernelSpec, g: _Geometry, bias: bool, relu: bool, ind: str) -> list[str]:
+def _dispatch_source(script: Script, spec: KernelSpec, g: Geometry, bias: bool, relu: bool) -> None:
     """Branch to the block-shape variant of the current block (full, last row block, last column block).
 
     One ``if`` per variant with exclusive conditions, no ``else``: TVM 0.27's schedule state mutated the
@@ -361,51 +379,51 @@ def _dispatch_source(packed: KernelSpec, g: _Geometry, bias: bool, relu: bool, i
     """
     shapes = g.variants()
     if len(shapes) == 1:
-        return _filters_source(packed, g, 0, bias, relu, ind)
-    lines: list[str] = []
+        _filters_source(script, spec, g, 0, bias, relu)
+        return
     for i, (nr, nc) in enumerate(shapes):
         conds = []
         if g.row_tail != g.rows:
             conds.append(f"rb {'==' if nr != g.rows else '<'} {g.nrb - 1}")
         if g.col_tail != g.cols:
             conds.append(f"cb {'==' if nc != g.cols else '<'} {g.ncb - 1}")
-        lines.append(f"{ind}if {' and '.join(conds)}:")
-        lines += _filters_source(packed, g, i, bias, relu, ind + "    ")
-    return lines
+        with script.block(f"if {' and '.join(conds)}:"):
+            _filters_source(script, spec, g, i, bias, relu)
 
 
-def _source(packed: KernelSpec, data_shape, strides, padding, bias: bool, relu: bool, cfg: dict) -> str:
-    g = _geometry(packed, data_shape, strides, padding, cfg)
-    threads = int(cfg["threads"])
+def _source(spec: KernelSpec, data_shape, strides, padding, bias: bool, relu: bool, nest: NestShape) -> Script:
+    g = geometry(spec, data_shape, strides, padding, nest)
+    threads = nest.threads
     groups = g.groups(threads)
-    max_groups = max(groups, int(cfg.get("max_groups", groups)))
+    max_groups = max(groups, nest.max_groups or groups)
     items = g.blocks * groups
     per_thread = -(-items // threads)
-    params = _params(packed, data_shape, (g.n, packed.out_channels, g.oh, g.ow), max_groups, bias)
-    lines = [
-        "@T.prim_func(s_tir=True)",
-        f"def sparse_conv2d({', '.join(params)}):",
-        f"    T.func_attr({{'tirx.noalias': True, '{VARIANTS_ATTR}': {len(g.variants())}}})",
-        f"    for t in T.parallel({threads}):",
-        f"        slab = T.alloc_buffer(({g.c}, {', '.join(map(str, g.slab))}), 'float32')",
-        f"        for i in range({per_thread}):",
-        f"            item: T.let = t * {per_thread} + i",
-        f"            if item < {items}:",
-        f"                blk: T.let = item // {groups}",
-        f"                grp: T.let = item % {groups}",
-        f"                sb: T.let = {split_base(groups)}",
-        f"                b: T.let = blk // {g.nrb * g.ncb}",
-        f"                rb: T.let = blk % {g.nrb * g.ncb} // {g.ncb}",
-        f"                cb: T.let = blk % {g.ncb}",
-        f"                r0: T.let = {g.row_origin}",
-        f"                c0: T.let = {g.col_origin}",
-        *_pack_source(g, " " * 16),
-        *_dispatch_source(packed, g, bias, relu, " " * 16),
-    ]
-    return "\n".join(lines) + "\n"
+    tsplit = buffer_param("tsplit", (split_base(max_groups + 1),), "int32")
+    params = fkw_params(spec, data_shape, (g.n, spec.out_channels, g.oh, g.ow), bias, (tsplit,))
+    script = Script()
+    with script.prim_func("sparse_conv2d", params, {"tirx.noalias": True, VARIANTS_ATTR: len(g.variants())}), \
+            script.block(f"for t in T.parallel({threads}):"):
+        script.line(f"slab = T.alloc_buffer(({g.c}, {', '.join(map(str, g.slab))}), 'float32')")
+        with script.block(f"for i in range({per_thread}):"):
+            script.line(f"item: T.let = t * {per_thread} + i")
+            with script.block(f"if item < {items}:"):
+                script.line(
+                    f"blk: T.let = item // {groups}",
+                    f"grp: T.let = item % {groups}",
+                    f"sb: T.let = {split_base(groups)}",
+                    f"b: T.let = blk // {g.nrb * g.ncb}",
+                    f"rb: T.let = blk % {g.nrb * g.ncb} // {g.ncb}",
+                    f"cb: T.let = blk % {g.ncb}",
+                    f"r0: T.let = {g.row_origin}",
+                    f"c0: T.let = {g.col_origin}",
+                )
+                _pack_source(script, g)
+                _dispatch_source(script, spec, g, bias, relu)
+    return script
 
 
-def _arrays(packed: PackedConv, max_groups: int) -> tuple[np.ndarray, ...]:
+def fkw_arrays(packed: PackedConv) -> tuple[np.ndarray, ...]:
+    """The FKW arrays a pattern-sparse kernel takes after ``data``: offsets, channels, weights, perm."""
     channels = packed.channels if packed.nnz else np.zeros(1, np.int32)
     weights = packed.weights.reshape(-1) if packed.nnz else np.zeros(packed.n, np.float32)
     return (
@@ -413,11 +431,16 @@ def _arrays(packed: PackedConv, max_groups: int) -> tuple[np.ndarray, ...]:
         channels.astype(np.int32),
         np.ascontiguousarray(weights, dtype=np.float32),
         packed.perm.astype(np.int32),
-        thread_splits(packed, max_groups),
     )
 
 
-def _normalise(packed: PackedConv | KernelSpec, data_shape, strides, padding) -> tuple[tuple, tuple, tuple]:
+def kernel_arrays(packed: PackedConv, max_groups: int) -> tuple[np.ndarray, ...]:
+    """The arrays of the generated CPU kernel: the FKW arrays and ``tsplit`` for up to ``max_groups`` groups."""
+    return (*fkw_arrays(packed), thread_splits(packed, max_groups))
+
+
+def check_layer(packed: PackedConv | KernelSpec, data_shape, strides, padding) -> tuple[tuple, tuple, tuple]:
+    """``data_shape``, ``strides``, ``padding`` as int tuples; ``PatternError`` if they do not fit the weight."""
     data_shape = tuple(int(x) for x in data_shape)
     strides = tuple(int(x) for x in strides)
     padding = tuple(int(x) for x in padding)
@@ -425,71 +448,15 @@ def _normalise(packed: PackedConv | KernelSpec, data_shape, strides, padding) ->
     return data_shape, strides, padding
 
 
-def layer_config(packed: PackedConv, data_shape, strides=(1, 1), padding=(1, 1, 1, 1), target=None,
-                 config: dict | None = None) -> dict:
-    """The knobs used for one layer: the target schedule's defaults overridden by ``config``."""
-    from . import schedules  # local: the schedule modules are a sibling package
-
-    data_shape, strides, padding = _normalise(packed, data_shape, strides, padding)
-    out_shape = conv_out_shape(data_shape, packed.out_channels, strides, padding)
-    return {**schedules.default_config(packed, data_shape, out_shape, target), **(config or {})}
-
-
 def unscheduled(
     packed: PackedConv | KernelSpec, data_shape, strides=(1, 1), padding=(1, 1, 1, 1), bias: bool = False,
-    relu: bool = False, config: dict | None = None,
+    relu: bool = False, config: NestShape | Mapping | object = None,
 ) -> tvm.tirx.PrimFunc:
     """The generated PrimFunc before the schedule (what a tuner's ``ScheduleFn`` starts from).
 
-    ``config`` must hold the structural knobs ``rows``, ``cols`` and ``threads`` (``max_groups``: size
-    ``tsplit`` for that many filter groups, so kernels of other knobs share one signature).
+    ``config``: the nest's structure, a ``NestShape`` or any knob set holding ``rows``, ``cols``, ``threads``
+    (``peel``, ``max_groups`` optional), e.g. ``schedules.x86.CpuKnobs``.
     """
     spec = packed if isinstance(packed, KernelSpec) else KernelSpec.of(packed)
-    data_shape, strides, padding = _normalise(spec, data_shape, strides, padding)
-    return tvm.script.from_source(_source(spec, data_shape, strides, padding, bias, relu, config))
-
-
-def sparse_conv2d(
-    packed: PackedConv,
-    data_shape: tuple[int, int, int, int],
-    strides: tuple[int, int] = (1, 1),
-    padding: tuple[int, int, int, int] = (1, 1, 1, 1),
-    bias: bool = False,
-    relu: bool = False,
-    target: tvm.target.Target | None = None,
-    config: dict | None = None,
-) -> SparseConvKernel:
-    """Generate and schedule the pattern-sparse conv for one layer; ``config`` overrides default knobs.
-
-    Params of ``func``: ``(data, offsets, channels, weights, perm, tsplit, [bias (O,)], out)``; the five
-    arrays are ``arrays`` in that order (``tsplit``: filter-group boundaries). ``bias`` is 1-D (O,).
-    """
-    from . import schedules
-
-    module = schedules.for_target(target)
-    if hasattr(module, "generate"):  # a device whose template is its own loop nest (e.g. Mali's OpenCL one)
-        return module.generate(packed, data_shape, strides, padding, bias, relu, target, config)
-    cfg = layer_config(packed, data_shape, strides, padding, target, config)
-    data_shape, strides, padding = _normalise(packed, data_shape, strides, padding)
-    out_shape = conv_out_shape(data_shape, packed.out_channels, strides, padding)
-    func = unscheduled(packed, data_shape, strides, padding, bias, relu, cfg)
-    func = schedules.for_target(target).apply_default(func, cfg, packed.k)
-    groups = _geometry(packed, data_shape, strides, padding, cfg).groups(int(cfg["threads"]))
-    return SparseConvKernel(func=func, arrays=_arrays(packed, max(groups, int(cfg.get("max_groups", 1)))),
-                            out_shape=out_shape)
-
-
-def tuning_task(
-    packed: PackedConv,
-    data_shape: tuple[int, int, int, int],
-    strides: tuple[int, int] = (1, 1),
-    padding: tuple[int, int, int, int] = (1, 1, 1, 1),
-    bias: np.ndarray | bool = False,
-    relu: bool = False,
-    target: tvm.target.Target | None = None,
-):
-    """The layer as a ``schedules.space.TuningTask`` for the target's template (``tvm_pattern.tune``)."""
-    from . import schedules
-
-    data_shape, strides, padding = _normalise(packed, data_shape, strides, padding)
-    return schedules.for_target(target).tuning_task(packed, data_shape, strides, padding, bias, relu, target)
+    data_shape, strides, padding = check_layer(spec, data_shape, strides, padding)
+    return _source(spec, data_shape, strides, padding, bias, relu, NestShape.of(config)).parse()

@@ -1,0 +1,73 @@
+"""Where the pattern-sparse pass gets each layer's kernel: a ``KernelProvider``.
+
+The pass plans every conv it can replace (weights packed, epilogue matched) into a ``ConvLayer`` and asks its
+provider for the kernel. ``DefaultKernels`` gives the templates' default kernels (``schedules.sparse_conv2d``);
+tuning supplies others (``tune.DatabaseKernels``: the best schedule of a database; ``tune`` collects tasks the
+same way), so the pass knows nothing of tuning, as TVM's own lowering leaves the database to
+``MetaScheduleApplyDatabase``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+import tvm
+from tvm.target import Target
+
+from ..schedules import sparse_conv2d
+from ..sparsity.format import PackedConv
+
+__all__ = ["ConvLayer", "DefaultKernels", "KernelProvider", "ProvidedKernel"]
+
+
+@dataclass(frozen=True)
+class ConvLayer:
+    """One conv the pass replaces: its packed weight, shapes, absorbed epilogue and target."""
+
+    name: str
+    packed: PackedConv
+    data_shape: tuple[int, int, int, int]
+    strides: tuple[int, int]
+    padding: tuple[int, int, int, int]
+    bias: np.ndarray | None  # (O,), the absorbed bias (batch_norm shift included)
+    relu: bool
+    out_shape: tuple[int, ...]
+    target: Target | None  # None: the current target
+
+
+@dataclass(frozen=True)
+class ProvidedKernel:
+    """A layer's kernel: ``func(data, *arrays, out)``; ``arrays`` hold every argument between (bias included)."""
+
+    func: tvm.tirx.PrimFunc
+    arrays: tuple[np.ndarray, ...]
+    tuned: bool = False  # the best schedule of a tuning database
+
+
+@runtime_checkable
+class KernelProvider(Protocol):
+    """Gives the pass a kernel per layer; raises ``errors.PatternError`` for a layer it cannot run (the pass
+    leaves it dense and says why)."""
+
+    def kernel(self, layer: ConvLayer) -> ProvidedKernel: ...
+
+
+class DefaultKernels:
+    """The templates' default kernels for the layer's target; ``config`` overrides knobs for every layer."""
+
+    def __init__(self, config: Mapping | None = None) -> None:
+        self.config = config
+
+    def kernel(self, layer: ConvLayer) -> ProvidedKernel:
+        kernel = sparse_conv2d(layer.packed, layer.data_shape, layer.strides, layer.padding,
+                               bias=layer.bias is not None, relu=layer.relu, target=layer.target,
+                               config=self.config)  # fmt: skip
+        if tuple(kernel.out_shape) != tuple(layer.out_shape):
+            raise ValueError(f"{layer.name}: sparse kernel output shape {kernel.out_shape} != conv2d's "
+                             f"{layer.out_shape}")  # fmt: skip
+        bias = () if layer.bias is None else (layer.bias,)
+        return ProvidedKernel(kernel.func, (*kernel.arrays, *bias))
+

@@ -1,0 +1,70 @@
+"""``compile_file``: an ONNX model to a deployable library, all or nothing; ``compile_command`` reports per conv.
+
+The entrance of ``tvm-pattern compile``: the target is resolved here, once, and passed down as a ``Target``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+from ..devices.cross import export_options
+from ..errors import TvmPatternError
+from ..frontend import import_onnx
+from ..passes import ConvReport
+from ..sparsity.library import PatternLibrary
+from ..targets import resolve_target
+from ..tune import open_database
+from .build import build
+
+__all__ = ["compile_command", "compile_file"]
+
+
+def compile_file(
+    onnx_path: str | os.PathLike,
+    target: object,
+    out_path: str | os.PathLike,
+    patterns: PatternLibrary | str | os.PathLike | None = None,
+    strict: bool = False,
+    reports: list[ConvReport] | None = None,
+    database=None,
+) -> Path:
+    """Compile an ONNX model to a shared library at ``out_path``; nothing is left half-written.
+
+    ``database``: a tuning job's work directory (or a MetaSchedule database) whose best schedules to use.
+    """
+    target = resolve_target(target)
+    out = Path(out_path)
+    if not out.parent.is_dir():
+        raise TvmPatternError(f"output directory {out.parent} does not exist")
+    options = export_options(target)  # before the long build: fail fast without a cross compiler
+    if isinstance(database, (str, os.PathLike)):
+        database = open_database(database)  # before the long build too
+    executable = build(import_onnx(onnx_path), target, patterns, strict, reports, database=database)
+    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp{out.suffix or '.so'}")
+    try:
+        executable.export_library(str(tmp), **options)
+        os.replace(tmp, out)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return out
+
+
+def compile_command(
+    model: str | os.PathLike,
+    target: str,
+    out: str | os.PathLike,
+    patterns: str | os.PathLike | None = None,
+    strict: bool = False,
+    echo: Callable[[str], None] = print,
+    database: str | os.PathLike | None = None,
+) -> Path:
+    """``tvm-pattern compile``: compile, print what happened to every conv, return the library's path."""
+    reports: list[ConvReport] = []
+    path = compile_file(model, target, out, patterns, strict, reports, database=database)
+    for report in reports:
+        echo(f"  {report}")
+    tuned = f", {sum(r.tuned for r in reports)} with tuned kernels from {database}" if database is not None else ""
+    echo(f"{sum(r.sparse for r in reports)}/{len(reports)} conv2d pattern-sparse{tuned}; wrote {path}")
+    return path
