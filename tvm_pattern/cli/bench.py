@@ -29,7 +29,7 @@ def register(sub) -> None:
                         "(the --model default)")  # fmt: skip
     p.add_argument("--json", help="write the measurements to this JSON file (--model: and a .png of the op shares)")
     p.add_argument("--threads", type=int, default=None,
-                   help="threads for every side (default: 2 for --suite/--tuned, this machine's cores for --model)")
+                   help="threads for every side (default: the cores this process may use)")
     p.add_argument("--repeats", type=int, default=15, help="timed runs per layer/model; medians are reported")
     p.add_argument("--warmup", type=int, default=3, help="--model: untimed runs before the timed ones (default 3)")
     p.add_argument("--runtimes", help="--model: a comma list to run only some of onnxruntime,ours,pytorch,"
@@ -64,7 +64,7 @@ def run(args: argparse.Namespace) -> int:
     if args.compression == "none":
         raise TvmPatternError("--compression none applies to --model only; --suite and --tuned take 2.25 or 8")
     compression = 8.0 if args.compression is None else args.compression
-    threads = 2 if args.threads is None else args.threads
+    threads = args.threads  # None: bench.layers uses targets.host_cores()
     if args.tuned:
         run_tuned_bench(args.layers.split(","), args.trials, args.work_dir, compression, threads=threads,
                         repeats=args.repeats, progress=not args.quiet, json_path=args.json)  # fmt: skip
