@@ -265,8 +265,7 @@ def run_model_bench(
         "metric": "median ms of `repeats` runs after `warmup`; speedup = reference ms / ms; "
                   "max_rel_err = max|y - y_ref| / max|y_ref|",
         "runtimes": list(results.values()),
-        "ours_within_tolerance": (ours.get("max_rel_err") is not None and ours["max_rel_err"] <= TOLERANCE)
-        if reference not in (None, "ours") else None,
+        "ours_within_tolerance": _within(ours, reference),
         "tolerance": TOLERANCE,
         "pruning": prep["pruning"],
     }
@@ -286,6 +285,15 @@ def run_model_bench(
             json_path.write_text(json.dumps(result, indent=1))
         echo(f"wrote {json_path}")
     return result
+
+
+def _within(ours: dict, reference: str | None) -> bool | None:
+    """Whether ours is within ``TOLERANCE`` of the reference; None if there is nothing to compare."""
+    if ours.get("status") == "failed":
+        return False
+    if ours.get("status") != "measured" or reference in (None, "ours"):
+        return None
+    return ours.get("max_rel_err") is not None and ours["max_rel_err"] <= TOLERANCE
 
 
 def table(result: dict) -> str:
