@@ -154,8 +154,10 @@ def test_missing_peers_are_reported_not_failed(tmp_path, monkeypatch, capsys):
 _find_spec = importlib.util.find_spec
 
 
-def test_bench_cli_writes_every_runtime(tmp_path):
+@pytest.mark.slow  # ~25 s on a quiet 2-core machine: compiles the model, starts six interpreters
+def test_bench_cli_writes_every_runtime(tmp_path, monkeypatch):
     """The whole command on a tiny pruned VGG-16: every runtime measured or marked missing / n/a, ours exact."""
+    monkeypatch.setattr(peers, "PAUSE_S", 0.0)
     out = tmp_path / "bench.json"
     code = cli.main(["bench", "--model", "vgg16", "--scale", "0.125", "--size", "32", "--compression", "8",
                      "--repeats", "2", "--warmup", "1", "--json", str(out)])  # fmt: skip
