@@ -43,7 +43,7 @@ $(STAMP): pyproject.toml
 	touch $@
 
 # The runtimes `tvm-pattern bench --model` compares with, each set in its own venv under .peers/ (never the
-# project's: DeepSparse pins numpy<2 and onnx 1.14). Idempotent: a stamp per venv, remade when this file changes.
+# project's: DeepSparse pins numpy<2 and onnx 1.14). Idempotent: a stamp per venv (after changing a pin: rm -r .peers).
 PEERS ?= .peers
 PEERS_PYTHON ?= python3.11
 PEERS_RUNTIMES := onnxruntime==1.32.0 openvino==2026.4.1 numpy onnx
@@ -51,12 +51,12 @@ PEERS_DEEPSPARSE := deepsparse==1.8.0
 
 peers: $(PEERS)/runtimes/.installed $(PEERS)/deepsparse/.installed
 
-$(PEERS)/runtimes/.installed: Makefile
+$(PEERS)/runtimes/.installed:
 	$(PEERS_PYTHON) -m venv $(PEERS)/runtimes
 	$(PEERS)/runtimes/bin/pip install -q $(PEERS_RUNTIMES)
 	touch $@
 
-$(PEERS)/deepsparse/.installed: Makefile
+$(PEERS)/deepsparse/.installed:
 	$(PEERS_PYTHON) -m venv $(PEERS)/deepsparse
 	$(PEERS)/deepsparse/bin/pip install -q $(PEERS_DEEPSPARSE)
 	NM_DISABLE_ANALYTICS=1 $(PEERS)/deepsparse/bin/python -c "import deepsparse"
