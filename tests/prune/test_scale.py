@@ -21,8 +21,8 @@ LIB = PatternLibrary(candidate_patterns(4)[[0, 7, 19, 33, 41, 50]])
 def net() -> nn.Sequential:
     torch.manual_seed(0)
     return nn.Sequential(
-        nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 12, 3, padding=1), nn.ReLU(),
-        nn.AdaptiveAvgPool2d(2), nn.Flatten(), nn.Linear(48, 10),
+        nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 12, 3, padding=1), nn.BatchNorm2d(12), nn.ReLU(),
+        nn.AdaptiveAvgPool2d(2), nn.Flatten(), nn.Dropout(0.5), nn.Linear(48, 10),
     )  # fmt: skip
 
 
@@ -118,7 +118,7 @@ class StopAt:
 
 def test_a_loop_resumed_from_a_checkpoint_ends_where_an_uninterrupted_one_does():
     ds = dataset()
-    uninterrupted = net()
+    uninterrupted = net()  # dropout and BN: the RNG and the buffers must be restored too
     train(uninterrupted, ds, 3.0, batch_size=32, progress=False, seed=2)
 
     interrupted = net()

@@ -206,8 +206,12 @@ def per_rank_batch(batch_size: int, runtime: Runtime) -> int:
     return -(-batch_size // runtime.world_size)
 
 
-def loader(dataset: Dataset, batch_size: int, runtime: Runtime, sampler: Sampler) -> DataLoader:
+def loader(dataset: Dataset, batch_size: int, runtime: Runtime, sampler: Sampler, seed: int = 0) -> DataLoader:
+    """A DataLoader over this rank's ``sampler``. Its own generator (seeded by ``seed`` and the rank) gives the
+    workers' base seed, so making an iterator never draws from the global RNG: a loop resumed part-way
+    sees the same dropout masks as the uninterrupted one."""
+    generator = torch.Generator().manual_seed(seed * 1_000_003 + runtime.rank)
     return DataLoader(
         dataset, batch_size=batch_size, sampler=sampler, num_workers=runtime.workers,
-        pin_memory=runtime.device.type == "cuda", persistent_workers=False,
+        pin_memory=runtime.device.type == "cuda", persistent_workers=False, generator=generator,
     )  # fmt: skip

@@ -89,7 +89,11 @@ class Checkpointer:
     def due(self) -> bool:
         """Whether a periodic checkpoint is due now; collective: every rank gets rank 0's answer."""
         flag = time.monotonic() - self._last >= self.every_s
-        return bool(distributed.broadcast_object(flag))
+        if not distributed.active():
+            return flag
+        carrier = torch.tensor([int(flag)], dtype=torch.int32, device=self.runtime.device)
+        distributed.broadcast_tensors([carrier])  # one int per step, not a pickled object
+        return bool(carrier.item())
 
     def save(self, state: dict) -> None:
         """Write ``state`` (plus settings and every rank's RNG) atomically; collective, rank 0 writes."""

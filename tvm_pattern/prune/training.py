@@ -107,7 +107,8 @@ def train(
     while step < steps:
         sampler.set_epoch(step // per_epoch)
         sampler.skip = (step % per_epoch) * per_rank
-        for images, labels in distributed.loader(dataset, per_rank, runtime, sampler):
+        epoch_seed = seed * 1009 + step // per_epoch
+        for images, labels in distributed.loader(dataset, per_rank, runtime, sampler, epoch_seed):
             images = images.to(device, non_blocking=True)
             labels = torch.as_tensor(labels).to(device, non_blocking=True)
             with torch.autocast(device.type, dtype=torch.float16, enabled=runtime.amp):
