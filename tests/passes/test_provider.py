@@ -19,10 +19,11 @@ from tvm_pattern.passes import ConvLayer, DefaultKernels, KernelProvider, Patter
 def conv_bias_relu(weight: np.ndarray, bias: np.ndarray, data_shape=(1, 4, 8, 8)) -> tvm.IRModule:
     bb = relax.BlockBuilder()
     x = relax.Var("x", relax.TensorType(data_shape, "float32"))
-    with bb.function("main", [x]), bb.dataflow():
-        y = bb.emit(relax.op.nn.conv2d(x, relax.const(weight), padding=1))
-        y = bb.emit(relax.op.add(y, relax.const(bias.reshape(1, -1, 1, 1))))
-        out = bb.emit_output(relax.op.nn.relu(y))
+    with bb.function("main", [x]):
+        with bb.dataflow():
+            y = bb.emit(relax.op.nn.conv2d(x, relax.const(weight), padding=1))
+            y = bb.emit(relax.op.add(y, relax.const(bias.reshape(1, -1, 1, 1))))
+            out = bb.emit_output(relax.op.nn.relu(y))
         bb.emit_func_output(out)
     return bb.get()
 
