@@ -157,3 +157,35 @@ def test_checkpoints_are_atomic_and_refuse_other_settings(tmp_path):
     (tmp_path / "ck" / "checkpoint.pt").write_bytes(b"garbage")
     with pytest.raises(CheckpointError, match="cannot be read"):
         resume.Checkpointer(tmp_path / "ck", {}).load()
+
+
+class Recorder:
+    """A recipe checkpoint that is always due and keeps a copy of every state it is given."""
+
+    def __init__(self):
+        self.states = []
+
+    def due(self):
+        return True
+
+    def save(self, state):
+        self.states.append(copy.deepcopy({**state, "rng": [resume.rng_state(torch.device("cpu"))]}))
+
+
+def test_a_retrain_phase_resumed_twice_still_has_its_masks():
+    """A run resumed inside a retrain phase keeps saving the masks, so a second kill there resumes too."""
+    from tvm_pattern.prune.recipe import PruneConfig, prune
+
+    config = PruneConfig(patterns=4, connectivity=2.0, admm_epochs=1.0, admm_updates=2, retrain_epochs=1.0,
+                         batch_size=32)  # fmt: skip
+    ds = dataset()
+    first = Recorder()
+    prune(net(), ds, ds, config, progress=False, log=lambda *_: None, checkpoint=first)
+    inside = [s for s in first.states if s["phase"] == "patterns:retrain" and s["loop"] is not None]
+    assert inside and all("masks" in s for s in inside)
+    second = Recorder()
+    prune(net(), ds, ds, config, progress=False, log=lambda *_: None, checkpoint=second, resume=inside[0])
+    again = [s for s in second.states if s["phase"].endswith(":retrain")]
+    assert again and all("masks" in s for s in again)
+    result = prune(net(), ds, ds, config, progress=False, log=lambda *_: None, resume=again[0])
+    assert 0.0 <= result.final_accuracy <= 1.0

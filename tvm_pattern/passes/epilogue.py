@@ -2,11 +2,13 @@
 conv (inference batch_norm, bias add, ReLU), its matching, and binding lookups.
 
 ``match_epilogue`` follows a conv's sole users; the ops it absorbs become the kernel's epilogue (batch_norm
-folded into the weights as a scale and a bias).
+folded into the weights as a scale and a bias). ``match_activation_epilogue`` (the dense kernels') also takes
+a residual add and clip / ReLU6 activations, as the ONNX importer emits them.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 import numpy as np
@@ -15,7 +17,8 @@ from tvm import relax
 from tvm.relax.dpl import is_const, is_op, wildcard
 
 __all__ = ["BATCH_NORM", "BIAS", "BIAS_ADD", "BIAS_CONST", "CONV2D", "OPAQUE", "RELU", "Epilogue",
-           "FunctionBindings", "as_constant", "match_epilogue", "static_shape"]  # fmt: skip
+           "FunctionBindings", "as_constant", "as_scalar", "match_activation_epilogue", "match_epilogue",
+           "static_shape"]  # fmt: skip
 
 OPAQUE = 8  # relay/relax OpPatternKind kOpaque: FuseOps must not merge more ops into a generated kernel
 
@@ -89,7 +92,8 @@ def _per_channel_bias(add: relax.Call, tail: relax.Var, fn: FunctionBindings,
     if shape is None or str(other.ty.dtype) != "float32" or static_shape(add.ty) != out_shape:
         return None
     channels = out_shape[1]
-    aligned = (1,) * (4 - len(shape)) + shape if len(shape) <= 4 else None
+    rank = len(out_shape)  # NCHW convs (4), (batch, features) dense layers (2): channels on axis 1
+    aligned = (1,) * (rank - len(shape)) + shape if len(shape) <= rank else None
     if aligned is None or aligned[1] != channels or any(d != 1 for i, d in enumerate(aligned) if i != 1):
         return None
     matched = BIAS.extract_matched_expr(other, fn.var2val)  # a constant, or reshape(constant)
@@ -108,6 +112,9 @@ class Epilogue:
     bias: np.ndarray | None = None  # (O,)
     relu: bool = False
     names: tuple[str, ...] = ()
+    residual: relax.Expr | None = None  # a tensor of the output's shape added before the activation
+    bounds: tuple[float, float] | None = None  # the activation as clip bounds (ReLU: (0, inf)); None: identity
+    absorbed: tuple[relax.Var, ...] = ()  # vars of the absorbed bindings (match_activation_epilogue)
 
 
 def _fold_batch_norm(epi: Epilogue, fn: FunctionBindings, channels: int) -> None:
@@ -144,4 +151,126 @@ def match_epilogue(conv_var: relax.Var, fn: FunctionBindings, out_shape: tuple[i
             epi.tail, epi.names, user = user.var, (*epi.names, "bias"), fn.sole_user(user.var)
     if user is not None and RELU.match(user.value, fn.var2val) and user.value.args[0].same_as(epi.tail):
         epi.tail, epi.relu, epi.names = user.var, True, (*epi.names, "relu")
+    return epi
+
+
+_MINMAX_TIR = re.compile(r"^(maximum|minimum)\d*$")  # what the ONNX importer's Clip emits through call_te
+
+
+def as_scalar(expr: relax.Expr, var2val: dict) -> float | None:
+    """The float value of a one-element constant, or of ``where(isnan(c), a, b)`` on constants (the ONNX
+    importer's Clip bounds), through var bindings; None if it is not one."""
+    while isinstance(expr, relax.Var) and expr in var2val:
+        expr = var2val[expr]
+    if isinstance(expr, tvm.tirx.FloatImm | tvm.tirx.IntImm):  # relax.clip's bounds
+        return float(expr.value)
+    value = as_constant(expr, var2val)
+    if value is not None:
+        return float(value.reshape(-1)[0]) if value.size == 1 else None
+    if isinstance(expr, relax.Call) and isinstance(expr.op, tvm.ir.Op) and expr.op.name == "relax.where":
+        cond = expr.args[0]
+        while isinstance(cond, relax.Var) and cond in var2val:
+            cond = var2val[cond]
+        if isinstance(cond, relax.Call) and isinstance(cond.op, tvm.ir.Op) and cond.op.name == "relax.isnan":
+            c = as_scalar(cond.args[0], var2val)
+            flag = None if c is None else bool(np.isnan(c))
+        else:
+            c = as_constant(cond, var2val)
+            flag = None if c is None or c.size != 1 else bool(c.reshape(-1)[0])
+        if flag is not None:
+            return as_scalar(expr.args[1] if flag else expr.args[2], var2val)
+    return None
+
+
+def _op_name(call: relax.Expr) -> str | None:
+    return call.op.name if isinstance(call, relax.Call) and isinstance(call.op, tvm.ir.Op) else None
+
+
+def _clip_bounds(call: relax.Expr, tail: relax.Var, fn: FunctionBindings) -> tuple[float, float] | None:
+    """``call`` as clip bounds on ``tail``: relu, clip, maximum / minimum with a scalar (relax ops or the
+    importer's ``call_tir`` of TOPI's maximum / minimum); None if it is none of them."""
+    name = _op_name(call)
+    inf = float("inf")
+    if name == "relax.nn.relu" and call.args[0].same_as(tail):
+        return (0.0, inf)
+    if name == "relax.clip" and call.args[0].same_as(tail):
+        lo, hi = as_scalar(call.args[1], fn.var2val), as_scalar(call.args[2], fn.var2val)
+        return None if lo is None or hi is None else (lo, hi)
+    args = None
+    if name in ("relax.maximum", "relax.minimum"):
+        args, kind = call.args, name.split(".")[-1]
+    elif name == "relax.call_tir" and isinstance(call.args[0], relax.GlobalVar):
+        match = _MINMAX_TIR.match(call.args[0].name_hint)
+        if match and isinstance(call.args[1], relax.Tuple) and len(call.args[1].fields) == 2:
+            args, kind = call.args[1].fields, match.group(1)
+    if args is None or not args[0].same_as(tail) or static_shape(args[1].ty) not in ((), (1,)):
+        return None
+    value = as_scalar(args[1], fn.var2val)
+    if value is None or np.isnan(value):
+        return None
+    return (value, inf) if kind == "maximum" else (-inf, value)
+
+
+def _activation_name(bounds: tuple[float, float]) -> str:
+    if bounds == (0.0, float("inf")):
+        return "relu"
+    if bounds == (0.0, 6.0):
+        return "relu6"
+    return f"clip({bounds[0]:g}, {bounds[1]:g})"
+
+
+def match_activation_epilogue(var: relax.Var, fn: FunctionBindings, out_shape: tuple[int, ...],
+                              claimed: set | frozenset = frozenset(), residual: bool = True) -> Epilogue:
+    """Follow the sole users of ``var`` (a conv's or dense layer's output) through optional batch_norm, bias
+    add, residual add (a second float32 tensor of the output's shape, as in ResNet blocks) and activations
+    (ReLU, clip, maximum / minimum by constants, composed), in that order. ``claimed``: vars of bindings
+    another kernel absorbs already (two convs meeting in one residual add: the first one planned takes it).
+    The result's ``bounds`` is the activation, ``names`` what was absorbed, ``absorbed`` their vars.
+    """
+    epi = Epilogue(var)
+    absorbed: list[relax.Var] = []
+
+    def user_of(tail):
+        user = fn.sole_user(tail)
+        return None if user is None or user.var in claimed else user
+
+    if len(out_shape) == 4:
+        before = epi.tail
+        _fold_batch_norm(epi, fn, out_shape[1])
+        if epi.tail is not before:
+            if epi.tail in claimed:
+                epi = Epilogue(var)
+            else:
+                absorbed.append(epi.tail)
+    user = user_of(epi.tail)
+    if user is not None and BIAS_ADD.match(user.value, fn.var2val):
+        bias = _per_channel_bias(user.value, epi.tail, fn, out_shape)
+        if bias is not None:
+            epi.bias = bias if epi.bias is None else epi.bias + bias
+            epi.tail, epi.names = user.var, (*epi.names, "bias")
+            absorbed.append(user.var)
+            user = user_of(epi.tail)
+    if residual and user is not None and _op_name(user.value) == "relax.add":
+        a, b = user.value.args
+        other = b if a.same_as(epi.tail) else a if b.same_as(epi.tail) else None
+        if (other is not None and not other.same_as(epi.tail) and as_constant(other, fn.var2val) is None
+                and isinstance(other, relax.Var) and static_shape(other.ty) == out_shape
+                and str(other.ty.dtype) == "float32" and static_shape(user.value.ty) == out_shape):
+            epi.residual, epi.tail, epi.names = other, user.var, (*epi.names, "residual")
+            absorbed.append(user.var)
+            user = user_of(epi.tail)
+    lo, hi = float("-inf"), float("inf")
+    while user is not None and static_shape(user.value.ty) == out_shape:
+        bounds = _clip_bounds(user.value, epi.tail, fn)
+        if bounds is None:
+            break
+        lo, hi = max(lo, bounds[0]), min(hi, bounds[1])
+        epi.tail = user.var
+        absorbed.append(user.var)
+        user = user_of(epi.tail)
+    if (lo, hi) != (float("-inf"), float("inf")):
+        epi.bounds = (lo, hi)
+        epi.relu = lo == 0.0 and hi == float("inf")
+        epi.names = (*epi.names, _activation_name(epi.bounds))
+    epi.absorbed = tuple(absorbed)
     return epi

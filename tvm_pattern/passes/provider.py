@@ -5,6 +5,9 @@ provider for the kernel. ``DefaultKernels`` gives the templates' default kernels
 tuning supplies others (``tune.DatabaseKernels``: the best schedule of a database; ``tune`` collects tasks the
 same way), so the pass knows nothing of tuning, as TVM's own lowering leaves the database to
 ``MetaScheduleApplyDatabase``.
+
+``DenseKernels`` (dense conv2d, depthwise conv2d, dense layers) works the same way with a ``DenseLayer`` and a
+``DenseKernelProvider``; ``DefaultDenseKernels`` gives ``schedules.dense_cpu``'s default kernels.
 """
 
 from __future__ import annotations
@@ -17,10 +20,11 @@ import numpy as np
 import tvm
 from tvm.target import Target
 
-from ..schedules import sparse_conv2d
+from ..schedules import dense_cpu, sparse_conv2d
 from ..sparsity.format import PackedConv
 
-__all__ = ["ConvLayer", "DefaultKernels", "KernelProvider", "ProvidedKernel"]
+__all__ = ["ConvLayer", "DefaultDenseKernels", "DefaultKernels", "DenseKernelProvider", "DenseLayer", "KernelProvider",
+           "ProvidedKernel"]  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -71,3 +75,50 @@ class DefaultKernels:
         bias = () if layer.bias is None else (layer.bias,)
         return ProvidedKernel(kernel.func, (*kernel.arrays, *bias))
 
+
+@dataclass(frozen=True)
+class DenseLayer:
+    """One dense op ``DenseKernels`` replaces: ``op`` is "conv2d", "depthwise" or "dense".
+
+    ``weight``: (O, C, KH, KW), (C, 1, KH, KW) or (O, I), batch_norm's scale folded in; ``data_shape``: the
+    input's (N, C, H, W) or (B, I); ``activation``: None, "relu" or ("clip", lo, hi); ``residual``: the kernel
+    takes a second input of ``out_shape`` added before the activation.
+    """
+
+    name: str
+    op: str
+    weight: np.ndarray
+    data_shape: tuple[int, ...]
+    strides: tuple[int, int]
+    padding: tuple[int, int, int, int]
+    bias: np.ndarray | None
+    activation: object
+    residual: bool
+    out_shape: tuple[int, ...]
+    target: Target | None
+
+
+@runtime_checkable
+class DenseKernelProvider(Protocol):
+    """Gives ``DenseKernels`` a kernel per layer: ``func(data, [residual], *arrays, out)``; raises
+    ``errors.TvmPatternError`` for a layer it cannot run (the pass leaves it to TVM and says why)."""
+
+    def kernel(self, layer: DenseLayer) -> ProvidedKernel: ...
+
+
+class DefaultDenseKernels:
+    """``schedules.dense_cpu``'s kernels with the target's default knobs."""
+
+    def kernel(self, layer: DenseLayer) -> ProvidedKernel:
+        common = {"bias": layer.bias, "activation": layer.activation, "target": layer.target}
+        if layer.op == "dense":
+            kernel = dense_cpu.linear(layer.weight, layer.data_shape[0], **common)
+        elif layer.op == "depthwise":
+            kernel = dense_cpu.depthwise(layer.weight, layer.data_shape, layer.strides, layer.padding,
+                                         residual=layer.residual, **common)  # fmt: skip
+        else:
+            kernel = dense_cpu.conv2d(layer.weight, layer.data_shape, layer.strides, layer.padding,
+                                      residual=layer.residual, **common)  # fmt: skip
+        if tuple(kernel.out_shape) != tuple(layer.out_shape):
+            raise ValueError(f"{layer.name}: kernel output shape {kernel.out_shape} != {layer.out_shape}")
+        return ProvidedKernel(kernel.func, tuple(kernel.arrays))

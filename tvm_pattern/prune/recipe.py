@@ -163,6 +163,7 @@ def prune_stage(
         masks = {k: v.to(runtime.device) for k, v in resume["masks"].items()}
         apply_masks(model, masks)
         model.load_state_dict(resume["model"])
+        saver.extra["masks"] = {k: v.cpu() for k, v in masks.items()}  # later checkpoints of this phase need them
         saver.phase = phase
         retrain_loop = _loop_for(resume, phase)
     train(
