@@ -189,3 +189,26 @@ def test_a_retrain_phase_resumed_twice_still_has_its_masks():
     assert again and all("masks" in s for s in again)
     result = prune(net(), ds, ds, config, progress=False, log=lambda *_: None, resume=again[0])
     assert 0.0 <= result.final_accuracy <= 1.0
+
+
+def test_dense_phase_resumes_with_the_saved_rng_even_if_seeded_since():
+    """``checkpoints.dense_model`` seeds and builds the model after the checkpoint was loaded; the resumed
+    loop must still draw the interrupted run's dropout masks."""
+    from tvm_pattern.prune.recipe import PruneConfig, train_dense
+
+    config, ds = PruneConfig(batch_size=32), dataset()
+    whole = net()
+    train_dense(whole, ds, 2.0, config, progress=False)
+
+    class Kill(Recorder):
+        def save(self, state):
+            super().save(state)
+            raise KeyboardInterrupt
+
+    kill = Kill()
+    with pytest.raises(KeyboardInterrupt):
+        train_dense(net(), ds, 2.0, config, progress=False, checkpoint=kill)
+    resumed = net()  # seeds the global RNG again, as dense_model does
+    train_dense(resumed, ds, 2.0, config, progress=False, resume=kill.states[0])
+    for key, value in whole.state_dict().items():
+        torch.testing.assert_close(resumed.state_dict()[key], value, rtol=0, atol=0)

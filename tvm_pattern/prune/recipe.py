@@ -22,7 +22,7 @@ from torch.utils.data import Dataset
 
 from ..sparsity.library import PatternLibrary
 from .distributed import Runtime
-from .resume import Checkpointer
+from .resume import Checkpointer, set_rng_state
 from .sparsifier import Connectivity, PatternSparsifier, apply_masks, conv_eligibility, mask_optimizer
 from .training import default_runtime, evaluate, steps_per_epoch, train
 
@@ -104,6 +104,9 @@ def train_dense(
     loop = _loop_for(resume, "dense")
     if loop is not None:
         model.load_state_dict(resume["model"])
+        # The built-in model is seeded and built after the checkpoint is loaded: restore its RNG states again.
+        runtime = default_runtime(model, runtime)
+        set_rng_state(resume["rng"][runtime.rank], runtime.device)
     saver = _Saver(checkpoint, "dense", model, {})
     if epochs > 0:
         train(
