@@ -125,7 +125,8 @@ def train(
             if every is not None and step % every[0] == 0:
                 every[1]()
             bar.update()
-            bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
+            if not bar.disable:  # .item() waits for the GPU: only when someone sees the bar
+                bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
             if step >= steps:
                 break
             if checkpoint is not None and checkpoint.due():
