@@ -26,6 +26,7 @@ def result(tmp_path_factory):
     return json.loads(path.read_text())
 
 
+@pytest.mark.slow
 def test_json_has_every_measurement(result):
     assert [row["name"] for row in result["layers"]] == ["conv1_1", "conv2_1"]
     for row in result["layers"]:
@@ -38,6 +39,7 @@ def test_json_has_every_measurement(result):
     assert e2e["torch_ms"] > 0 and e2e["sparse_ms"] > 0
 
 
+@pytest.mark.slow
 def test_conv_stack_matches_pytorch(result):
     e2e = result["end_to_end"]
     assert e2e["max_abs_ref"] > 0

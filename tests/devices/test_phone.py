@@ -100,12 +100,14 @@ def test_cross_compiler_missing(monkeypatch, tmp_path):
     assert list(out.iterdir()) == []
 
 
+@pytest.mark.slow
 def test_phone_runs_aarch64_python_with_tvm(phone):
     result = phone.run("-c", "import platform, sys, tvm; print(platform.machine(), sys.executable, tvm.__version__)")
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == ["aarch64", str(phone.python), "0.27.0.post1"]
 
 
+@pytest.mark.slow
 def test_port_in_use(phone):
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
@@ -160,6 +162,7 @@ def test_server_ends_when_its_owner_is_killed():
     assert still_running(pids) == []
 
 
+@pytest.mark.slow
 def test_server_dies_mid_session(phone):
     """The phone dies (every process of its server killed) with a session open: the next call says so."""
     server = phone.server().start()

@@ -56,6 +56,7 @@ def compiled(nets, tmp_path_factory):
     return get
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("importer", ["onnx", "torch"])
 @pytest.mark.parametrize("name", list(NETS))
 def test_pruned_net_equals_pytorch(nets, compiled, name, importer):
@@ -70,6 +71,7 @@ def test_pruned_net_equals_pytorch(nets, compiled, name, importer):
     ("importer", "first", "second"),
     [("onnx", ("bias", "relu"), ("bias",)), ("torch", ("batch_norm", "relu"), ("batch_norm",))],
 )
+@pytest.mark.slow
 def test_resnet_epilogues(compiled, importer, first, second):
     """Block conv1 absorbs BatchNorm (folded by the ONNX exporter, by the pass for torch.export) and ReLU;
     conv2 only the BatchNorm, since the residual add comes before its ReLU."""
@@ -78,6 +80,7 @@ def test_resnet_epilogues(compiled, importer, first, second):
     assert epilogues == [first, second] * (len(epilogues) // 2)
 
 
+@pytest.mark.slow
 def test_vgg_first_conv_dense_kernel(compiled):
     """build() runs the unpruned first conv through the generated kernel as one 9-tap pattern."""
     _, reports = compiled("vgg16", "torch")

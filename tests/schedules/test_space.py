@@ -42,6 +42,7 @@ def layer(seed: int, o=10, i=7, h=11, w=17, stride=1, bias=True):
 
 @settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(seed=st.integers(1, 2**30), stride=st.sampled_from([1, 2]), relu=st.booleans(), bias=st.booleans())
+@pytest.mark.slow
 def test_sampled_schedules_match_torch(seed, stride, relu, bias):
     weight, packed, b, x, strides = layer(seed % 1000, stride=stride, bias=bias)
     padding = (1, 1, 1, 1)

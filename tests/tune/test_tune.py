@@ -120,6 +120,7 @@ def test_extract_tasks_one_per_distinct_workload(net):
         assert len(task.arrays) == 6 and task.arrays[-1].shape == (8,)  # FKW arrays, thread splits, then the bias
 
 
+@pytest.mark.slow
 def test_tune_over_rpc_on_two_servers(tuned):
     """Every layer got its trials, measured by both servers of the key; MetaSchedule's files parse line by line."""
     work, results, logs = tuned
@@ -132,6 +133,7 @@ def test_tune_over_rpc_on_two_servers(tuned):
     assert all(min(record[1][1]) < 1 for record in records)  # run seconds of successful runs (failed: 1e10)
 
 
+@pytest.mark.slow
 def test_compile_with_database_equals_pytorch(net, tuned, tmp_path):
     """compile --db: every sparse layer gets its tuned kernel (the twin layers share one record); numerics hold."""
     path, x, expected = net
@@ -143,6 +145,7 @@ def test_compile_with_database_equals_pytorch(net, tuned, tmp_path):
     assert np.abs(expected).max() > 1e-2
 
 
+@pytest.mark.slow
 def test_tuned_kernels_are_the_compiled_functions(net, tuned):
     """After the Relax pipeline (fusion included) each sparse conv is still its own PrimFunc, and it is the kernel
     of its task's best record: the sparse kernel is opaque, so what was measured is what runs."""
@@ -165,6 +168,7 @@ def test_tuned_kernels_are_the_compiled_functions(net, tuned):
     assert not any(same(f, k) for f in prims if f not in compiled for k in kernels)
 
 
+@pytest.mark.slow
 def test_resume_measures_nothing_twice(net, tuned, tmp_path):
     """Rerun with the same trials: nothing measured. Ask for more: only the difference, none a repeat."""
     work = tmp_path / "resume"
@@ -179,6 +183,7 @@ def test_resume_measures_nothing_twice(net, tuned, tmp_path):
         assert distinct_schedules(work, task) == (TRIALS + 2, TRIALS + 2)
 
 
+@pytest.mark.slow
 def test_server_killed_mid_job(net, tracker, tmp_path):
     """The only server dies during a job: it stops with a clear RPCError, keeps what was measured, and the
     database compiles; a rerun would continue."""
@@ -225,6 +230,7 @@ def test_unreachable_tracker_or_no_server(net, tracker):
         tune(tasks, "x86", Path("/nonexistent-not-created"), 2, address(tracker), None)
 
 
+@pytest.mark.slow
 def test_killed_tuning_process_keeps_its_records(net, tmp_path):
     """SIGKILL a tuning job mid-run: every record written so far parses, and the database compiles."""
     path, x, expected = net
@@ -254,6 +260,7 @@ def test_killed_tuning_process_keeps_its_records(net, tmp_path):
     np.testing.assert_allclose(load(out)(x.numpy()), expected, **TOL)
 
 
+@pytest.mark.slow
 def test_open_database_repairs_a_cut_line(tuned, tmp_path):
     """A record cut short by a kill mid-write is dropped; a missing database is a clear error."""
     work = tmp_path / "cut"
@@ -266,6 +273,7 @@ def test_open_database_repairs_a_cut_line(tuned, tmp_path):
         open_database(tmp_path / "missing")
 
 
+@pytest.mark.slow
 def test_cli_tune_and_compile(net, tuned, tmp_path, capsys):
     """`tvm-pattern tune` continues a database (nothing left to measure here), `compile --db` uses it."""
     path, x, expected = net
