@@ -11,8 +11,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from tvm import s_tir
 from tvm.s_tir import meta_schedule as ms
-from tvm_pattern.schedules import space
 
+from tvm_pattern.schedules import space
 from tvm_pattern.sparse_conv import sparse_conv2d, tuning_task
 from tvm_pattern.sparsity.format import pack
 from tvm_pattern.targets import arm_target
