@@ -8,8 +8,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 import tvm
-from tvm_pattern.schedules import sparse_conv2d
 
+from tvm_pattern.schedules import sparse_conv2d
 from tvm_pattern.sparsity.format import PackedConv
 from tvm_pattern.sparsity.library import PatternLibrary, best_fit
 from tvm_pattern.targets import host_target

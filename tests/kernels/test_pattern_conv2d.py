@@ -8,9 +8,9 @@ from helpers.kernels import DENSE, TARGET, check, pruned, reference, run
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from tvm import s_tir
-from tvm_pattern.schedules import x86
 
 from tvm_pattern.errors import PatternError
+from tvm_pattern.schedules import x86
 from tvm_pattern.sparse_conv import layer_config, sparse_conv2d, unscheduled
 from tvm_pattern.sparsity.format import pack
 

@@ -18,12 +18,12 @@ from helpers.cases import CASES
 from helpers.cnn_models import SmallCNN, export_onnx, library8, prune_model, torch_out
 from helpers.kernels import DENSE, pruned, reference
 from tvm import relax
-from tvm_pattern.schedules import arm_cpu, for_target
 
 from tvm_pattern import cross
 from tvm_pattern.compiler import compile_file
 from tvm_pattern.errors import TvmPatternError
 from tvm_pattern.phone import EmulatedPhone
+from tvm_pattern.schedules import arm_cpu, for_target
 from tvm_pattern.sparse_conv import layer_config, sparse_conv2d
 from tvm_pattern.sparsity.format import pack
 from tvm_pattern.targets import arm_target

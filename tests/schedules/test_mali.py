@@ -19,11 +19,11 @@ import torch.nn.functional as F
 import tvm
 from helpers.cases import CASES as ARM_CASES
 from tvm import relax, s_tir
-from tvm_pattern.schedules import mali
-from tvm_pattern.schedules.space import knobs
 
 from tvm_pattern import opencl
 from tvm_pattern.errors import PatternError
+from tvm_pattern.schedules import mali
+from tvm_pattern.schedules.space import knobs
 from tvm_pattern.sparse_conv import sparse_conv2d
 from tvm_pattern.sparsity.format import PackedConv, pack
 from tvm_pattern.sparsity.library import PatternLibrary, best_fit
