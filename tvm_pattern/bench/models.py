@@ -250,7 +250,7 @@ def _calibrate_bn(model: nn.Module, x: torch.Tensor) -> None:
 # ---------------------------------------------------------------------------------------------- pruning
 
 
-def prune_model(model: nn.Module, compression: float | None, seed: int = 0) -> dict:
+def prune_model(model: nn.Module, compression: float | None) -> dict:
     """Prune ``model`` in place, one-shot: every 3x3 non-depthwise conv except the first.
 
     ``compression`` 2.25: every kernel keeps one of 8 four-tap patterns extracted from the model's own kernels
@@ -258,15 +258,15 @@ def prune_model(model: nn.Module, compression: float | None, seed: int = 0) -> d
     kernels, the largest by norm (``project_connectivity``). None: nothing. Returns a report: the library
     (``patterns.json`` form) and per conv ``kept_kernels`` / ``total_kernels``, or why it stayed dense.
     """
-    del seed  # the projections are deterministic; kept for a future randomised library
     if compression is None:
         return {"compression": None, "layers": []}
     if compression not in (2.25, 8.0):
         raise TvmPatternError(f"compression must be none, 2.25 or 8, got {compression}")
     from ..prune.projection import kept_kernels, project_connectivity, project_patterns
     from ..prune.recipe import extract_library
+    from ..prune.sparsifier import conv_eligibility
 
-    eligible = _eligibility(model)
+    eligible = conv_eligibility(model, skip_first=True)  # the kernels extract_library picks the library from
     names = [name for name, why in eligible.items() if why is None]
     if not names:
         raise TvmPatternError("this model has no prunable 3x3 conv (depthwise, grouped and the first conv stay "
@@ -289,27 +289,6 @@ def prune_model(model: nn.Module, compression: float | None, seed: int = 0) -> d
             kept = int(pruned.flatten(2).ne(0).any(-1).sum())
             layers.append({"name": name, "pruned": True, "kept_kernels": kept, "total_kernels": total})
     return {"compression": compression, "patterns": library.to_json()["patterns"], "layers": layers}
-
-
-def _eligibility(model: nn.Module) -> dict[str, str | None]:
-    """Every conv by name: None if it is pruned (3x3, not grouped, not dilated, not the first), else why not.
-
-    The same rule as ``extract_library(skip_first=True)``, which picks the library from those kernels.
-    """
-    out: dict[str, str | None] = {}
-    convs = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Conv2d)]
-    for index, (name, conv) in enumerate(convs):
-        if conv.kernel_size != (3, 3):
-            out[name] = f"kernel {conv.kernel_size[0]}x{conv.kernel_size[1]}, not 3x3"
-        elif conv.groups != 1:
-            out[name] = f"{'depthwise' if conv.groups == conv.in_channels else 'grouped'} (groups={conv.groups})"
-        elif conv.dilation != (1, 1):
-            out[name] = f"dilation {conv.dilation}"
-        elif index == 0:
-            out[name] = "first layer (kept dense)"
-        else:
-            out[name] = None
-    return out
 
 
 # ---------------------------------------------------------------------------------------------- ONNX
