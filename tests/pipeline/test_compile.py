@@ -39,10 +39,12 @@ def nets():
 
 @pytest.fixture(scope="module")
 def compiled(nets, tmp_path_factory):
-    """(name, importer) -> (CompiledModel, reports); built once for the module."""
+    """(name, importer) -> (CompiledModel, reports); built once for the module. ``dense=True``: the dense-kernel
+    pass's reports instead of the pattern pass's."""
     cache: dict = {}
+    dense_cache: dict = {}
 
-    def get(name: str, importer: str):
+    def get(name: str, importer: str, dense: bool = False):
         if (name, importer) not in cache:
             model, x, _ = nets[name]
             if importer == "onnx":
@@ -50,8 +52,11 @@ def compiled(nets, tmp_path_factory):
             else:
                 mod = import_torch(model, x)
             reports: list = []
-            cache[name, importer] = (CompiledModel(build(mod, "x86", library8(), reports=reports)), reports)
-        return cache[name, importer]
+            dense_cache[name, importer] = []
+            lib = build(mod, "x86", library8(), reports=reports, dense_reports=dense_cache[name, importer])
+            cache[name, importer] = (CompiledModel(lib), reports)
+        model, reports = cache[name, importer]
+        return (model, dense_cache[name, importer]) if dense else (model, reports)
 
     return get
 
@@ -82,10 +87,14 @@ def test_resnet_epilogues(compiled, importer, first, second):
 
 @pytest.mark.slow
 def test_vgg_first_conv_dense_kernel(compiled):
-    """build() runs the unpruned first conv through the generated kernel as one 9-tap pattern."""
+    """build() leaves the unpruned first conv to the dense-kernel pass (faster than the 9-tap pattern kernel),
+    which absorbs its bias and ReLU; every other conv / dense layer left is a generated kernel too."""
     _, reports = compiled("vgg16", "torch")
-    assert reports[0].dense_kernel and not reports[0].sparse and "9-tap" in str(reports[0])
-    assert all(r.epilogue == ("bias", "relu") for r in reports)
+    _, dense = compiled("vgg16", "torch", dense=True)
+    assert not reports[0].rewritten and reports[0].name == dense[0].name
+    assert dense[0].rewritten and dense[0].op == "conv2d" and dense[0].epilogue == ("bias", "relu")
+    assert dense and all(r.rewritten for r in dense)
+    assert all(r.epilogue == ("bias", "relu") for r in reports if r.sparse)
 
 
 @pytest.fixture(scope="module")

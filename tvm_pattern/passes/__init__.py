@@ -2,14 +2,26 @@
 
 - ``pattern_sparse_conv2d``: ``PatternSparseConv2d``, pattern-sparse 3x3 convs (+ epilogue) to ``call_tir`` of
   kernels from a ``provider.KernelProvider`` (default ``DefaultKernels``: the templates' default kernels);
+- ``dense_kernels``: ``DenseKernels``, the conv2d / depthwise conv2d / dense layers left (+ epilogue, residual add
+  included) to ``call_tir`` of generated dense kernels (provider: ``DefaultDenseKernels``);
 - ``parallelize_dense``: ``ParallelizeDense``, the cheap part of a schedule for the ops left dense;
 - ``epilogue``: DPL patterns and matching of the per-channel ops a kernel absorbs.
 """
 
+from .dense_kernels import DenseKernels, DenseReport
 from .epilogue import OPAQUE
 from .parallelize_dense import ParallelizeDense
 from .pattern_sparse_conv2d import ConvReport, PatternSparseConv2d
-from .provider import ConvLayer, DefaultKernels, KernelProvider, ProvidedKernel
+from .provider import (
+    ConvLayer,
+    DefaultDenseKernels,
+    DefaultKernels,
+    DenseKernelProvider,
+    DenseLayer,
+    KernelProvider,
+    ProvidedKernel,
+)
 
-__all__ = ["OPAQUE", "ConvLayer", "ConvReport", "DefaultKernels", "KernelProvider", "ParallelizeDense",
-           "PatternSparseConv2d", "ProvidedKernel"]  # fmt: skip
+__all__ = ["OPAQUE", "ConvLayer", "ConvReport", "DefaultDenseKernels", "DefaultKernels", "DenseKernelProvider",
+           "DenseKernels", "DenseLayer", "DenseReport", "KernelProvider", "ParallelizeDense", "PatternSparseConv2d",
+           "ProvidedKernel"]  # fmt: skip

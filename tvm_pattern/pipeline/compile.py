@@ -12,7 +12,7 @@ from pathlib import Path
 from ..devices.cross import export_options
 from ..errors import TvmPatternError
 from ..frontend import import_onnx
-from ..passes import ConvReport
+from ..passes import ConvReport, DenseReport
 from ..sparsity.library import PatternLibrary
 from ..targets import resolve_target
 from ..tune import open_database
@@ -29,8 +29,12 @@ def compile_file(
     strict: bool = False,
     reports: list[ConvReport] | None = None,
     database=None,
+    dense_reports: list[DenseReport] | None = None,
 ) -> Path:
     """Compile an ONNX model to a shared library at ``out_path``; nothing is left half-written.
+
+    ``reports`` receives a ``ConvReport`` per conv2d (the pattern pass), ``dense_reports`` a ``DenseReport`` per
+    conv2d / matmul the dense-kernel pass saw (llvm targets).
 
     ``database``: a tuning job's work directory (or a MetaSchedule database) whose best schedules to use.
     """
@@ -41,7 +45,8 @@ def compile_file(
     options = export_options(target)  # before the long build: fail fast without a cross compiler
     if isinstance(database, (str, os.PathLike)):
         database = open_database(database)  # before the long build too
-    executable = build(import_onnx(onnx_path), target, patterns, strict, reports, database=database)
+    executable = build(import_onnx(onnx_path), target, patterns, strict, reports, database=database,
+                       dense_reports=dense_reports)
     tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp{out.suffix or '.so'}")
     try:
         executable.export_library(str(tmp), **options)
@@ -62,9 +67,15 @@ def compile_command(
 ) -> Path:
     """``tvm-pattern compile``: compile, print what happened to every conv, return the library's path."""
     reports: list[ConvReport] = []
-    path = compile_file(model, target, out, patterns, strict, reports, database=database)
+    dense_reports: list[DenseReport] = []
+    path = compile_file(model, target, out, patterns, strict, reports, database=database, dense_reports=dense_reports)
+    taken = {r.name for r in dense_reports if r.rewritten}
     for report in reports:
+        if report.name not in taken:  # a conv the pattern pass left is reported by the dense pass
+            echo(f"  {report}")
+    for report in dense_reports:
         echo(f"  {report}")
     tuned = f", {sum(r.tuned for r in reports)} with tuned kernels from {database}" if database is not None else ""
-    echo(f"{sum(r.sparse for r in reports)}/{len(reports)} conv2d pattern-sparse{tuned}; wrote {path}")
+    dense = f", {len(taken)}/{len(dense_reports)} conv2d / dense by generated dense kernels" if dense_reports else ""
+    echo(f"{sum(r.sparse for r in reports)}/{len(reports)} conv2d pattern-sparse{tuned}{dense}; wrote {path}")
     return path

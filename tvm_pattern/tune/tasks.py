@@ -16,7 +16,8 @@ from ..targets import resolve_target
 log = logging.getLogger(__name__)
 
 
-def extract_tasks(mod: IRModule, target: object = "x86", library=None, dense_kernel: bool = True) -> list[TuningTask]:
+def extract_tasks(mod: IRModule, target: object = "x86", library=None, dense_kernel: bool | None = None,
+                  ) -> list[TuningTask]:
     """The distinct pattern-sparse layers of a Relax module as tuning tasks, in model order.
 
     Runs the same ``PatternSparseConv2d`` pass as ``pipeline.build`` (``dense_kernel`` alike) with a
@@ -25,6 +26,8 @@ def extract_tasks(mod: IRModule, target: object = "x86", library=None, dense_ker
     keys records by that IR, so one record serves them all.
     """
     target = resolve_target(target)
+    if dense_kernel is None:  # as pipeline.build: on llvm targets unpruned 3x3 convs go to the dense kernels
+        dense_kernel = target.kind.name != "llvm"
     collector = TaskCollector()
     sparse = PatternSparseConv2d(library, target=target, dense_kernel=dense_kernel, provider=collector)
     with target:
