@@ -18,10 +18,12 @@ def register(sub) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..demo import check_and_time
-    from ..prune import data, job
+    from ..prune import data, distributed, job
 
     started = time.time()
     _, result, test_set = job.run(args)
+    if distributed.env_ranks()[0] != 0:  # under torchrun: only rank 0 compiles, checks and writes demo.json
+        return 0
     test_split = data.as_split(test_set)  # the compiled model is checked on the whole test set, in memory
     print("\ncompiling the pruned model with TVM (pattern-sparse kernels for x86)")
     check_and_time(Path(args.out), result.model, test_split, progress=not args.quiet)
