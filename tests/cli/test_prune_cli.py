@@ -116,6 +116,16 @@ def test_model_without_3x3_convs_fails_clearly(tmp_path, small_data, capsys, mon
     assert not out.exists()
 
 
+@pytest.mark.parametrize("option", ["--out", "--checkpoint-dir"])
+def test_output_folder_that_is_a_file_fails_before_training(tmp_path, small_data, capsys, option):
+    taken = tmp_path / "taken"
+    taken.write_text("mine")
+    args = ["prune", "--data", str(small_data), "--out", str(tmp_path / "out"), *FAST, option, str(taken)]
+    code, err = run(args, capsys)
+    assert code == 2 and f"{option} {taken}: exists and is not a folder" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["taken"] and taken.read_text() == "mine"
+
+
 def test_failed_write_leaves_existing_outputs_untouched(tmp_path):
     out = tmp_path / "out"
     out.mkdir()

@@ -56,6 +56,9 @@ def validate(args: argparse.Namespace) -> Inputs:
         raise TvmPatternError(f"--workers {args.workers}: must be >= 0")
     if _opt(args, "checkpoint_every", 300.0) <= 0:
         raise TvmPatternError(f"--checkpoint-every {args.checkpoint_every}: must be > 0 seconds")
+    for option, folder in (("--out", args.out), ("--checkpoint-dir", _opt(args, "checkpoint_dir"))):
+        if folder is not None and Path(folder).exists() and not Path(folder).is_dir():
+            raise TvmPatternError(f"{option} {folder}: exists and is not a folder")  # found now, not after training
     distributed.select_device(_opt(args, "device", "auto"), distributed.env_ranks()[2])
     user_model = userspec.is_spec(args.model)
     torch.manual_seed(args.seed)
