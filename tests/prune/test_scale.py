@@ -212,3 +212,11 @@ def test_dense_phase_resumes_with_the_saved_rng_even_if_seeded_since():
     train_dense(resumed, ds, 2.0, config, progress=False, resume=kill.states[0])
     for key, value in whole.state_dict().items():
         torch.testing.assert_close(resumed.state_dict()[key], value, rtol=0, atol=0)
+
+
+def test_a_rank_that_cannot_see_rank_0s_checkpoint_stops_clearly(tmp_path, monkeypatch):
+    """Multi-node without shared storage: rank 0 found a checkpoint (faked here), this rank does not."""
+    monkeypatch.setattr(resume.distributed, "broadcast_object", lambda obj, src=0: True)
+    ck = resume.Checkpointer(tmp_path / "ck", {}, Runtime(rank=1, world_size=2))
+    with pytest.raises(CheckpointError, match=r"rank 1 does not see .* on storage all nodes share"):
+        ck.load()

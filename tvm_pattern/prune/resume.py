@@ -68,7 +68,12 @@ class Checkpointer:
 
     def load(self) -> dict | None:
         """The saved state if there is a checkpoint (refused if made with other settings), else None."""
-        if not self.path.is_file():
+        here = self.path.is_file()
+        if distributed.broadcast_object(here) != here:  # rank 0 writes it; every rank must read the same file
+            raise CheckpointError(f"rank {self.runtime.rank} {'does not see' if not here else 'sees'} {self.path} "
+                                  f"and rank 0 {'does' if not here else 'does not'}: --checkpoint-dir must be "
+                                  f"on storage all nodes share")  # fmt: skip
+        if not here:
             return None
         try:
             state = torch.load(self.path, map_location="cpu", weights_only=True)
