@@ -1,7 +1,7 @@
 """Trained dense built-in models, cached on disk so the demo trains them once.
 
 (Checkpoints of a whole run, for resuming, are ``resume``'s business.) Under ``torchrun`` every rank
-trains (data-parallel) or loads the same cached file; only rank 0 writes it.
+trains (data-parallel), or rank 0 loads the cached file and broadcasts it; only rank 0 writes it.
 """
 
 from __future__ import annotations
@@ -58,7 +58,9 @@ def dense_model(
     torch.manual_seed(seed)
     model = models.build(name).to(runtime.device)
     if use_cache and distributed.broadcast_object(path.is_file()):
-        model.load_state_dict(torch.load(path, map_location=runtime.device, weights_only=True))
+        if runtime.is_main:  # rank 0 wrote it; other nodes may not see the file
+            model.load_state_dict(torch.load(path, map_location=runtime.device, weights_only=True))
+        distributed.sync_module(model)
         log(f"dense model loaded from cache {path}")
         return model.eval()
     if train_fn is None:
