@@ -220,3 +220,16 @@ def test_a_rank_that_cannot_see_rank_0s_checkpoint_stops_clearly(tmp_path, monke
     ck = resume.Checkpointer(tmp_path / "ck", {}, Runtime(rank=1, world_size=2))
     with pytest.raises(CheckpointError, match=r"rank 1 does not see .* on storage all nodes share"):
         ck.load()
+
+
+def test_dense_model_is_cached_once_and_loaded_after(small_data, tmp_path, monkeypatch):
+    from tvm_pattern.prune import checkpoints
+
+    monkeypatch.setenv(checkpoints.ENV_VAR, str(tmp_path))
+    train_split, _ = data.builtin(small_data)
+    lines = []
+    trained = checkpoints.dense_model("vgg-small", train_split, 0.1, progress=False, log=lines.append)
+    loaded = checkpoints.dense_model("vgg-small", train_split, 0.1, progress=False, log=lines.append)
+    assert lines[0] == "dense model trained for 0.1 epochs" and lines[1].startswith("dense model loaded from cache")
+    for key, value in trained.state_dict().items():
+        assert torch.equal(loaded.state_dict()[key], value), key
