@@ -63,13 +63,19 @@ def test_compiled_model_matches_pytorch_and_onnxruntime(name, tmp_path):
     x = np.random.default_rng(1).standard_normal((1, 3, SIZE, SIZE)).astype(np.float32)
     with torch.no_grad():
         want = model(torch.from_numpy(x)).numpy()
-    reports = []
-    lib = compiler.compile_file(onnx_path, "x86", tmp_path / f"{name}.so", reports=reports)
+    reports, dense = [], []
+    lib = compiler.compile_file(onnx_path, "x86", tmp_path / f"{name}.so", reports=reports, dense_reports=dense)
     got = compiler.load(lib)(x)
     assert got.shape == want.shape == (1, 10)
     assert rel_err(got, want) <= 1e-4
     if COMPRESSION[name] is not None:
         assert sum(r.sparse for r in reports) > 0
+    # every conv / linear runs a generated kernel: pattern-sparse, or the dense pass's
+    convs = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
+    linears = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    assert all(r.rewritten for r in dense), [str(r) for r in dense if not r.rewritten]
+    assert sum(r.sparse for r in reports) + sum(r.op != "dense" for r in dense) == len(convs) == len(reports)
+    assert sum(r.op == "dense" for r in dense) == len(linears)
     ort = ort_output(onnx_path, x, tmp_path)
     if ort is None:
         pytest.skip("checked against PyTorch only: ONNX Runtime is neither in this venv nor in .peers (`make peers`)")
