@@ -19,6 +19,7 @@ from .registry import REGISTRY, build, family, family_name, for_target, material
 from .space import TuningTask
 from .x86 import CpuKnobs
 
-__all__ = ["REGISTRY", "CpuKnobs", "Knobs", "MaliKnobs", "ScheduleFamily", "TuningTask", "arm_cpu", "build", "dense_cpu",
-           "family", "family_name", "for_target", "layer_config", "mali", "materialize", "materialize_module",
+__all__ = ["REGISTRY", "CpuKnobs", "Knobs", "MaliKnobs", "ScheduleFamily", "TuningTask", "arm_cpu", "build",
+           "dense_cpu", "family", "family_name", "for_target", "layer_config", "mali", "materialize",
+           "materialize_module",
            "named", "space", "sparse_conv2d", "tuning_task", "x86"]  # fmt: skip
