@@ -61,6 +61,18 @@ def _deepsparse(spec: dict, x: np.ndarray):
     return (lambda: engine([x])[0]), deepsparse.__version__, info
 
 
+def time_runs(run, warmup: int, repeats: int) -> tuple[object, list[float]]:
+    """``run()`` ``warmup`` times untimed, then ``repeats`` times timed: (the last output, the times in ms)."""
+    for _ in range(warmup):
+        y = run()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        y = run()
+        times.append((time.perf_counter() - t0) * 1e3)
+    return y, times
+
+
 def main(spec_path: str) -> None:
     with open(spec_path) as f:
         spec = json.load(f)
@@ -78,13 +90,7 @@ def main(spec_path: str) -> None:
     else:
         sys.exit(f"unknown runtime {runtime!r}")
     setup_s = time.perf_counter() - t0
-    for _ in range(spec["warmup"]):
-        y = run()
-    times = []
-    for _ in range(spec["repeats"]):
-        t0 = time.perf_counter()
-        y = run()
-        times.append((time.perf_counter() - t0) * 1e3)
+    y, times = time_runs(run, spec["warmup"], spec["repeats"])
     np.save(spec["output"], np.asarray(y, dtype=np.float32))
     result = {"times_ms": times, "median_ms": float(np.median(times)), "version": version, "info": info,
               "setup_s": setup_s}  # fmt: skip

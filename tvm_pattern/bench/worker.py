@@ -15,6 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .peer_worker import time_runs
+
 
 def _ours_worker(spec: dict) -> dict:
     """In a fresh project interpreter (``TVM_NUM_THREADS`` set by the parent): compile, load, time, profile."""
@@ -33,13 +35,7 @@ def _ours_worker(spec: dict) -> dict:
     compile_s, compile_cpu_s = time.perf_counter() - t0, time.process_time() - c0
     model = compiler.load(lib)
     x = tvm.runtime.tensor(np.load(spec["input"]), model.device)
-    for _ in range(spec["warmup"]):
-        y = model.vm["main"](x)
-    times = []
-    for _ in range(spec["repeats"]):
-        t0 = time.perf_counter()
-        y = model.vm["main"](x)
-        times.append((time.perf_counter() - t0) * 1e3)
+    y, times = time_runs(lambda: model.vm["main"](x), spec["warmup"], spec["repeats"])
     np.save(spec["output"], _first(y).numpy())
     rows = breakdown(model.vm, [x], runs=spec.get("profile_runs", 3))
     return {
@@ -71,13 +67,7 @@ def _torch_worker(spec: dict) -> dict:
     model.eval()
     x = torch.from_numpy(np.load(spec["input"]))
     with torch.no_grad():
-        for _ in range(spec["warmup"]):
-            y = model(x)
-        times = []
-        for _ in range(spec["repeats"]):
-            t0 = time.perf_counter()
-            y = model(x)
-            times.append((time.perf_counter() - t0) * 1e3)
+        y, times = time_runs(lambda: model(x), spec["warmup"], spec["repeats"])
     np.save(spec["output"], y.numpy())
     return {"times_ms": times, "median_ms": float(np.median(times)), "version": torch.__version__,
             "info": {"threads": torch.get_num_threads()}}  # fmt: skip
