@@ -182,6 +182,10 @@ def run_model_bench(
     threads = threads or cpu["cores"]
     if repeats < 1 or warmup < 1:
         raise TvmPatternError("--repeats and the warm-ups must be at least 1")
+    if threads < 1:
+        raise TvmPatternError(f"--threads {threads}: must be at least 1")
+    if json_path and not Path(json_path).parent.is_dir():  # found now, not after every runtime has run
+        raise TvmPatternError(f"--json {json_path}: no folder {Path(json_path).parent}")
     chosen = list(RUNTIMES) if runtimes is None else runtimes
     unknown = sorted(set(chosen) - set(RUNTIMES))
     if unknown:
