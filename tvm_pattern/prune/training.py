@@ -21,22 +21,12 @@ from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
 from . import distributed
-from .data import Split
 from .distributed import Runtime
 
 
 class LoopCheckpoint(Protocol):
     def due(self) -> bool: ...  # the same answer on every rank (collective)
     def save(self, loop: dict) -> None: ...  # collective; rank 0 writes
-
-
-def batches(split: Split, batch_size: int, shuffle: bool, generator: torch.Generator | None = None):
-    """Yield (images, labels) tensors of an in-memory split (kept for callers of the old API)."""
-    x, y = torch.from_numpy(split.images), torch.from_numpy(split.labels)
-    order = torch.randperm(len(y), generator=generator) if shuffle else torch.arange(len(y))
-    for start in range(0, len(y), batch_size):
-        idx = order[start : start + batch_size]
-        yield x[idx], y[idx]
 
 
 def model_device(model: nn.Module) -> torch.device:
