@@ -67,7 +67,7 @@ class Checkpointer:
         self.saved = 0
 
     def load(self) -> dict | None:
-        """The saved state if there is a checkpoint (refused if made with other settings), else None."""
+        """The saved state if there is a checkpoint (refused if made with other settings), else None; collective."""
         here = self.path.is_file()
         if distributed.broadcast_object(here) != here:  # rank 0 writes it; every rank must read the same file
             raise CheckpointError(f"rank {self.runtime.rank} {'does not see' if not here else 'sees'} {self.path} "
