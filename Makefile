@@ -44,6 +44,7 @@ $(STAMP): pyproject.toml
 
 # The runtimes `tvm-pattern bench --model` compares with, each set in its own venv under .peers/ (never the
 # project's: DeepSparse pins numpy<2 and onnx 1.14). Idempotent: a stamp per venv (after changing a pin: rm -r .peers).
+# Elsewhere: `make peers PEERS=DIR`, then TVM_PATTERN_PEERS=DIR for `tvm-pattern bench --model` to find them.
 PEERS ?= .peers
 PEERS_PYTHON ?= python3.11
 PEERS_RUNTIMES := onnxruntime==1.32.0 openvino==2026.4.1 numpy onnx
