@@ -18,6 +18,9 @@ __all__ = ["OP_TYPES", "breakdown", "breakdown_chart", "breakdown_table", "op_ty
 # First match wins: name patterns of the functions FuseOps / legalisation / our pass produce.
 OP_TYPES: tuple[tuple[str, str], ...] = (
     ("pattern conv (our kernel)", r"pattern_conv2d|sparse_conv|pattern_sparse"),
+    ("conv2d (our dense kernel)", r"^dense_conv2d"),  # passes.DenseKernels' kernels (args are not conv2d's)
+    ("depthwise conv (our dense kernel)", r"^dense_depthwise"),
+    ("dense (our kernel)", r"^dense_dense"),
     ("depthwise conv", r"depthwise|group_conv"),
     ("conv2d", r"conv2d|conv"),
     ("matmul / dense", r"matmul|dense|linear|gemm|gemv"),
