@@ -160,6 +160,8 @@ def test_missing_peers_are_reported_not_failed(tmp_path, monkeypatch, capsys):
     assert cli.main(["bench", "--model", str(onnx_path), "--compression", "8"]) == 2  # prune your own
     assert cli.main(["bench", "--model", str(onnx_path), "--json", str(tmp_path / "no" / "x.json")]) == 2
     assert "--json" in capsys.readouterr().err and not (tmp_path / "no").exists()
+    assert cli.main(["bench", "--model", str(onnx_path), "--threads", "0"]) == 2
+    assert "--threads 0: must be at least 1" in capsys.readouterr().err
 
 
 _find_spec = importlib.util.find_spec

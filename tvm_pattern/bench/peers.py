@@ -179,7 +179,7 @@ def run_model_bench(
     from .profile import breakdown_chart, breakdown_table
 
     cpu = cpu_info()
-    threads = threads or cpu["cores"]
+    threads = cpu["cores"] if threads is None else threads
     if repeats < 1 or warmup < 1:
         raise TvmPatternError("--repeats and the warm-ups must be at least 1")
     if threads < 1:
