@@ -233,3 +233,10 @@ def test_dense_model_is_cached_once_and_loaded_after(small_data, tmp_path, monke
     assert lines[0] == "dense model trained for 0.1 epochs" and lines[1].startswith("dense model loaded from cache")
     for key, value in trained.state_dict().items():
         assert torch.equal(loaded.state_dict()[key], value), key
+
+
+def test_zero_epochs_train_nothing():
+    model = net()
+    before = copy.deepcopy(model.state_dict())
+    train(model, dataset(), 0.0, batch_size=32, progress=False)
+    assert all(torch.equal(value, before[key]) for key, value in model.state_dict().items())

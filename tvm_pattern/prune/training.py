@@ -75,7 +75,7 @@ def train(
     sampler = distributed.ShardSampler(dataset, runtime, shuffle=True, seed=seed)
     per_rank = distributed.per_rank_batch(batch_size, runtime)
     per_epoch = steps_per_epoch(dataset, batch_size, runtime)
-    steps = max(1, round(epochs * per_epoch))
+    steps = max(1, round(epochs * per_epoch)) if epochs > 0 else 0  # a fraction trains at least one step
     optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=lr)
     if setup_optimizer is not None:
         setup_optimizer(optimizer)
