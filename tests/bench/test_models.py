@@ -4,7 +4,6 @@ measured or marked missing. No timing is asserted."""
 
 import importlib.util
 import json
-import subprocess
 import sys
 
 import numpy as np
@@ -33,22 +32,12 @@ def small(name: str, seed: int = 0) -> torch.nn.Module:
     return models.build(name, seed=seed, size=SIZE, **SMALL[name])
 
 
-def ort_output(onnx_path, x: np.ndarray, tmp_path) -> np.ndarray | None:
-    """ONNX Runtime's output: in this venv if it has onnxruntime, else through the peer venv, else None."""
-    if importlib.util.find_spec("onnxruntime") is not None:
-        import onnxruntime as ort
+def ort_output(onnx_path, x: np.ndarray) -> np.ndarray:
+    """ONNX Runtime's output (a dev dependency: the tests always compare against it)."""
+    import onnxruntime as ort
 
-        sess = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
-        return sess.run(None, {sess.get_inputs()[0].name: x})[0]
-    python = peers.interpreter("onnxruntime")
-    if python is None:
-        return None
-    np.save(tmp_path / "x.npy", x)
-    spec = {"runtime": "onnxruntime", "onnx": str(onnx_path), "input": str(tmp_path / "x.npy"), "threads": 1,
-            "warmup": 1, "repeats": 1, "output": str(tmp_path / "ort.npy"), "result": str(tmp_path / "ort.json")}
-    (tmp_path / "spec.json").write_text(json.dumps(spec))
-    subprocess.run([python, str(peers.WORKER), str(tmp_path / "spec.json")], check=True)
-    return np.load(tmp_path / "ort.npy")
+    sess = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    return sess.run(None, {sess.get_inputs()[0].name: x})[0]
 
 
 @pytest.mark.parametrize(
@@ -76,10 +65,7 @@ def test_compiled_model_matches_pytorch_and_onnxruntime(name, tmp_path):
     assert all(r.rewritten for r in dense), [str(r) for r in dense if not r.rewritten]
     assert sum(r.sparse for r in reports) + sum(r.op != "dense" for r in dense) == len(convs) == len(reports)
     assert sum(r.op == "dense" for r in dense) == len(linears)
-    ort = ort_output(onnx_path, x, tmp_path)
-    if ort is None:
-        pytest.skip("checked against PyTorch only: ONNX Runtime is neither in this venv nor in .peers (`make peers`)")
-    assert rel_err(got, ort) <= 1e-4
+    assert rel_err(got, ort_output(onnx_path, x)) <= 1e-4
 
 
 @pytest.mark.parametrize(("name", "compression"), [("resnet50", 8.0), ("vgg16", 2.25), ("vgg16", 8.0)])
