@@ -5,6 +5,7 @@
 - ``dense_kernels``: ``DenseKernels``, the conv2d / depthwise conv2d / dense layers left (+ epilogue, residual add
   included) to ``call_tir`` of generated dense kernels (provider: ``DefaultDenseKernels``);
 - ``parallelize_dense``: ``ParallelizeDense``, the cheap part of a schedule for the ops left dense;
+- ``rewrite``: the planned ``KernelCall`` and ``rewrite_functions``, shared by the kernel-substituting passes;
 - ``epilogue``: DPL patterns and matching of the per-channel ops a kernel absorbs.
 """
 

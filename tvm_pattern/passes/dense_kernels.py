@@ -20,13 +20,13 @@ import numpy as np
 import tvm
 from tvm import relax
 from tvm.ir import IRModule
-from tvm.relax.expr_functor import PyExprMutator, mutator
 from tvm.target import Target
 
 from ..errors import TvmPatternError
 from ..targets import resolve_target
 from .epilogue import OPAQUE, FunctionBindings, as_constant, match_activation_epilogue, static_shape
 from .provider import DefaultDenseKernels, DenseKernelProvider, DenseLayer
+from .rewrite import KernelCall, rewrite_functions
 
 __all__ = ["MAX_BATCH", "DenseKernels", "DenseReport"]
 
@@ -58,22 +58,8 @@ class _Leave(Exception):
     """The op stays with TVM's pipeline, for ``reason``."""
 
 
-@dataclass
-class _Plan:
-    data: relax.Expr
-    residual: relax.Expr | None
-    gvar: relax.GlobalVar
-    arrays: tuple[np.ndarray, ...]
-    out_shape: tuple[int, ...]
-
-
 def _op(expr: relax.Expr) -> str | None:
     return expr.op.name if isinstance(expr, relax.Call) and isinstance(expr.op, tvm.ir.Op) else None
-
-
-def _is_kernel(func: relax.Function) -> bool:
-    attrs = func.attrs or {}
-    return any(key in attrs for key in ("Primitive", "Composite", "Codegen"))
 
 
 def _conv_op(call: relax.Call, weight: np.ndarray | None, data_shape, weight_shape) -> str:
@@ -143,20 +129,11 @@ class DenseKernels:
 
     def transform_module(self, mod: IRModule, _ctx: tvm.transform.PassContext) -> IRModule:
         self.summary = []
-        rewriter = _Rewriter(mod)
-        for gvar, func in mod.functions_items():
-            if not isinstance(func, relax.Function) or _is_kernel(func):
-                continue
-            plans = self._plan_function(gvar.name_hint, func, rewriter.builder_)
-            if plans:
-                rewriter.plans = plans
-                new_func = relax.analysis.remove_all_unused(rewriter.visit_expr(func))
-                rewriter.builder_.update_func(gvar, new_func)
-        return rewriter.builder_.get()
+        return rewrite_functions(mod, self._plan_function)
 
     def _plan_function(self, fname: str, func: relax.Function, builder: relax.BlockBuilder) -> dict:
         fn = FunctionBindings(func)
-        plans: dict[relax.Var, _Plan] = {}
+        plans: dict[relax.Var, KernelCall] = {}
         claimed: set[relax.Var] = set()
         for binding in fn.bindings:
             op = _op(binding.value)
@@ -215,35 +192,15 @@ class DenseKernels:
                            epi.bias, activation, epi.residual is not None, out_shape, self._target())  # fmt: skip
         return layer, epi
 
-    def _build(self, layer: DenseLayer, data: relax.Expr, residual, builder: relax.BlockBuilder) -> _Plan:
+    def _build(self, layer: DenseLayer, data: relax.Expr, residual, builder: relax.BlockBuilder) -> KernelCall:
         try:
             kernel = self.provider.kernel(layer)
         except TvmPatternError as err:  # a shape the generator refuses
             raise _Leave(f"the generated kernel cannot run it: {err}") from err
         func = kernel.func.without_attr("global_symbol").with_attr("op_pattern", OPAQUE)
         gvar = builder.add_func(func, f"dense_{layer.op}")
-        return _Plan(data, residual, gvar, tuple(kernel.arrays), layer.out_shape)
+        inputs = (data,) if residual is None else (data, residual)
+        return KernelCall(inputs, gvar, tuple(kernel.arrays), layer.out_shape)
 
     def _target(self) -> Target | None:
         return self.target if self.target is not None else Target.current(allow_none=True)
-
-
-@mutator
-class _Rewriter(PyExprMutator):
-    """Rebind the tail var of each planned chain to its ``call_tir``; the bypassed ops become unused."""
-
-    def __init__(self, mod: IRModule) -> None:
-        super().__init__(mod)
-        self.plans: dict[relax.Var, _Plan] = {}
-
-    def visit_var_binding_(self, binding: relax.VarBinding) -> None:
-        plan = self.plans.get(binding.var)
-        if plan is None:
-            super().visit_var_binding_(binding)
-            return
-        args = [self.visit_expr(plan.data)]
-        if plan.residual is not None:
-            args.append(self.visit_expr(plan.residual))
-        args += [relax.const(a) for a in plan.arrays]
-        call = relax.call_tir(plan.gvar, args, relax.TensorType(plan.out_shape, "float32"))
-        self.builder_.emit_normalized(relax.VarBinding(binding.var, self.builder_.normalize(call)))

@@ -20,7 +20,6 @@ import tvm
 import tvm_ffi
 from tvm import relax
 from tvm.ir import IRModule
-from tvm.relax.expr_functor import PyExprMutator, mutator
 from tvm.target import Target
 
 from ..errors import PatternError
@@ -29,6 +28,7 @@ from ..sparsity.library import KERNEL, PatternLibrary
 from ..targets import resolve_target
 from .epilogue import CONV2D, OPAQUE, FunctionBindings, as_constant, match_epilogue, static_shape
 from .provider import ConvLayer, DefaultKernels, KernelProvider
+from .rewrite import KernelCall, rewrite_functions
 
 __all__ = ["ConvReport", "PatternSparseConv2d"]
 
@@ -78,20 +78,6 @@ class _Dense(Exception):
         super().__init__(reason)
         self.reason = reason
         self.conforming = conforming
-
-
-@dataclass
-class _Plan:
-    """The ``call_tir`` that replaces the binding at the tail of a conv [+ batch_norm] [+ bias] [+ relu] chain."""
-
-    data: relax.Expr
-    gvar: relax.GlobalVar
-    arrays: tuple[np.ndarray, ...]  # every argument between data and out, bias included
-    out_shape: tuple[int, ...]
-
-    def call(self, data: relax.Expr) -> relax.Call:
-        args = [data, *(relax.const(a) for a in self.arrays)]
-        return relax.call_tir(self.gvar, args, relax.TensorType(self.out_shape, "float32"))
 
 
 def _load_library(library: PatternLibrary | str | os.PathLike | None) -> PatternLibrary | None:
@@ -196,20 +182,11 @@ class PatternSparseConv2d:
 
     def transform_module(self, mod: IRModule, _ctx: tvm.transform.PassContext) -> IRModule:
         self.summary = []
-        rewriter = _Rewriter(mod)
-        for gvar, func in mod.functions_items():
-            if not isinstance(func, relax.Function) or _is_kernel(func):
-                continue
-            plans = self._plan_function(gvar.name_hint, func, rewriter.builder_)
-            if plans:
-                rewriter.plans = plans
-                new_func = relax.analysis.remove_all_unused(rewriter.visit_expr(func))
-                rewriter.builder_.update_func(gvar, new_func)
-        return rewriter.builder_.get()
+        return rewrite_functions(mod, self._plan_function)
 
     def _plan_function(self, fname: str, func: relax.Function, builder: relax.BlockBuilder) -> dict:
         fn = FunctionBindings(func)
-        plans: dict[relax.Var, _Plan] = {}
+        plans: dict[relax.Var, KernelCall] = {}
         for binding in fn.bindings:
             if not CONV2D.match(binding.value):
                 continue
@@ -246,7 +223,7 @@ class PatternSparseConv2d:
         (log.info if dense.conforming else log.warning)("%s", report)
         return report
 
-    def _build(self, name, call, packed, bias, relu, out_shape, builder) -> tuple[_Plan, bool]:
+    def _build(self, name, call, packed, bias, relu, out_shape, builder) -> tuple[KernelCall, bool]:
         """The ``call_tir`` plan of one conv (its kernel from the provider) and whether that kernel is tuned."""
         attrs = call.attrs
         layer = ConvLayer(name, packed, static_shape(call.args[0].ty), tuple(int(s) for s in attrs.strides),
@@ -257,30 +234,7 @@ class PatternSparseConv2d:
             raise _Dense(f"the sparse kernel cannot run it: {err}", False) from err
         func = kernel.func.without_attr("global_symbol").with_attr("op_pattern", OPAQUE)
         gvar = builder.add_func(func, "pattern_conv2d")
-        return _Plan(call.args[0], gvar, tuple(kernel.arrays), out_shape), kernel.tuned
+        return KernelCall((call.args[0],), gvar, tuple(kernel.arrays), out_shape), kernel.tuned
 
     def _target(self) -> Target | None:
         return self.target if self.target is not None else Target.current(allow_none=True)
-
-
-def _is_kernel(func: relax.Function) -> bool:
-    """Functions produced by fusion/offload; their bodies are not ours to rewrite."""
-    attrs = func.attrs or {}
-    return any(key in attrs for key in ("Primitive", "Composite", "Codegen"))
-
-
-@mutator
-class _Rewriter(PyExprMutator):
-    """Rebind the tail var of each planned chain to its ``call_tir``; the bypassed ops become unused."""
-
-    def __init__(self, mod: IRModule) -> None:
-        super().__init__(mod)
-        self.plans: dict[relax.Var, _Plan] = {}
-
-    def visit_var_binding_(self, binding: relax.VarBinding) -> None:
-        plan = self.plans.get(binding.var)
-        if plan is None:
-            super().visit_var_binding_(binding)
-            return
-        value = self.builder_.normalize(plan.call(self.visit_expr(plan.data)))
-        self.builder_.emit_normalized(relax.VarBinding(binding.var, value))
