@@ -29,8 +29,8 @@ from tvm_pattern.kernels.depthwise_conv2d import DepthwiseKnobs, depthwise_conv2
 from tvm_pattern.kernels.depthwise_conv2d import geometry as dw_geometry
 from tvm_pattern.targets import resolve_target, target_cores, vector_registers
 
-__all__ = ["NAME", "CpuInfo", "candidate_knobs", "conv2d", "conv2d_knobs", "cpu_info", "dense_knobs", "depthwise",
-           "depthwise_knobs", "linear"]  # fmt: skip
+__all__ = ["NAME", "CpuInfo", "candidate_knobs", "conv2d", "conv2d_block_knobs", "conv2d_knobs", "cpu_info",
+           "dense_knobs", "depthwise", "depthwise_knobs", "linear"]  # fmt: skip
 
 NAME = "dense_cpu"
 
@@ -110,6 +110,15 @@ def conv2d_knobs(weight_shape, data_shape, strides=(1, 1), padding=(0, 0, 0, 0),
                 best, best_cost = k, cost
     assert best is not None
     return _tiles(best, g, info)
+
+
+def conv2d_block_knobs(weight_shape, data_shape, strides, padding, mr: int, nv: int, rows: bool = False,
+                       target=None) -> ConvKnobs:
+    """The knobs of one MR x NV block fitted to the layer, tiled as ``conv2d_knobs`` tiles its pick (a tuner's
+    candidate: ``conv2d_knobs`` is this for the block of least modelled cost)."""
+    info = cpu_info(target)
+    g = geometry(weight_shape, data_shape, strides, padding)
+    return _tiles(fit_knobs(ConvKnobs(mr, nv, info.lanes, 1, 1, info.cores, rows=rows), g), g, info)
 
 
 def _tiles(k: ConvKnobs, g: ConvGeometry, info: CpuInfo) -> ConvKnobs:

@@ -10,6 +10,7 @@ Unpruned 3x3 convs go to ``DenseKernels``' dense conv, not to the pattern kernel
 
 from __future__ import annotations
 
+import contextlib
 import os
 
 import tvm
@@ -20,7 +21,7 @@ from tvm.relax.backend.cpu_generic import pipeline as cpu_generic
 from ..passes import ConvReport, DenseKernels, DenseReport, ParallelizeDense, PatternSparseConv2d
 from ..sparsity.library import PatternLibrary
 from ..targets import resolve_target, target_cores
-from ..tune import DatabaseKernels
+from ..tune import DatabaseDenseKernels, DatabaseKernels, open_database
 
 __all__ = ["build", "cpu_pipeline", "dense_passes"]
 
@@ -35,6 +36,7 @@ def build(
     database=None,
     dense_ops: bool | None = None,
     dense_reports: list[DenseReport] | None = None,
+    tuned_dense: list[str] | None = None,
 ) -> tvm.runtime.Executable:
     """Rewrite the pattern-sparse convs, then the dense ops, then compile with the target's Relax pipeline.
 
@@ -46,27 +48,31 @@ def build(
     ``reports``, if given, receives one ``ConvReport`` per conv2d; ``dense_reports`` one ``DenseReport`` per
     conv2d / matmul the dense pass saw.
     ``database``: a tuning job's work directory (``tvm-pattern tune``) or a MetaSchedule database; layers
-    it has records for get their best tuned kernel.
+    it has records for get their best tuned kernel (``tuned_dense``, if given, receives the names of the dense
+    layers that did), and the other ops it has records for their best MetaSchedule schedule (``cpu_pipeline``).
     """
     target = resolve_target(target)  # a resolved Target comes back as it is
     if dense_ops is None:
         dense_ops = target.kind.name == "llvm"
     if dense_kernel is None:
         dense_kernel = not dense_ops
-    provider = None
-    if database is not None:  # the tuned kernels: a provider backed by the database (the pass knows no tuner)
-        provider = DatabaseKernels(database)
+    provider = dense_provider = None
+    if database is not None:  # the tuned kernels: providers backed by the database (the passes know no tuner)
+        database = open_database(database) if isinstance(database, (str, os.PathLike)) else database
+        provider, dense_provider = DatabaseKernels(database), DatabaseDenseKernels(database)
     sparse = PatternSparseConv2d(library, strict=strict, target=target, dense_kernel=dense_kernel, provider=provider)
     with target:
         mod = sparse(mod)
         if dense_ops:
-            dense = DenseKernels(target=target)
+            dense = DenseKernels(target=target, provider=dense_provider)
             mod = dense(mod)
     if reports is not None:
         reports.extend(sparse.summary)
     if dense_reports is not None and dense_ops:
         dense_reports.extend(dense.summary)
-    pipeline = cpu_pipeline(target) if target.kind.name == "llvm" else relax.get_default_pipeline(target)
+    if tuned_dense is not None and dense_provider is not None:
+        tuned_dense.extend(dense_provider.tuned)
+    pipeline = cpu_pipeline(target, database) if target.kind.name == "llvm" else relax.get_default_pipeline(target)
     return tvm.compile(mod, target=target, relax_pipeline=pipeline)
 
 
@@ -75,20 +81,28 @@ def dense_passes(target: tvm.target.Target) -> list[tvm.transform.Pass]:
     return [ParallelizeDense(target_cores(target))]
 
 
-def cpu_pipeline(target: tvm.target.Target) -> tvm.transform.Pass:
+def cpu_pipeline(target: tvm.target.Target, database=None) -> tvm.transform.Pass:
     """TVM's CPU pipeline (``relax.backend.cpu_generic``) with ``ParallelizeDense`` after fusion, as phase lists
-    (the stock one schedules nothing)."""
-    passes = (
-        cpu_generic.library_dispatch_passes(target)
-        + cpu_generic.legalize_passes(target)
-        + dense_passes(target)
-        + cpu_generic.dataflow_lower_passes(target)
-        + cpu_generic.finalize_passes(target)
-    )
+    (the stock one schedules nothing).
+
+    ``database`` (a MetaSchedule database): its records of the ops no template covers (``tune.op_tasks``, whose
+    workloads are the functions fusion leaves) are applied right after fusion, before ``ParallelizeDense``
+    (which only touches loop nests still serial); a work directory is opened as its database."""
+    if isinstance(database, (str, os.PathLike)):
+        database = open_database(database)
 
     @tvm.transform.module_pass(opt_level=0, name="PatternCPUPipeline")
     def _pipeline(mod: IRModule, _ctx: tvm.transform.PassContext) -> IRModule:
-        with target:
+        with target, database if database is not None else contextlib.nullcontext():
+            applied = [relax.transform.MetaScheduleApplyDatabase()] if database is not None else []  # needs target
+            passes = (
+                cpu_generic.library_dispatch_passes(target)
+                + cpu_generic.legalize_passes(target)
+                + applied
+                + dense_passes(target)
+                + cpu_generic.dataflow_lower_passes(target)
+                + cpu_generic.finalize_passes(target)
+            )
             return tvm.transform.Sequential(passes)(mod)
 
     return _pipeline

@@ -30,13 +30,15 @@ def compile_file(
     reports: list[ConvReport] | None = None,
     database=None,
     dense_reports: list[DenseReport] | None = None,
+    tuned_dense: list[str] | None = None,
 ) -> Path:
     """Compile an ONNX model to a shared library at ``out_path``; nothing is left half-written.
 
     ``reports`` receives a ``ConvReport`` per conv2d (the pattern pass), ``dense_reports`` a ``DenseReport`` per
     conv2d / matmul the dense-kernel pass saw (llvm targets).
 
-    ``database``: a tuning job's work directory (or a MetaSchedule database) whose best schedules to use.
+    ``database``: a tuning job's work directory (or a MetaSchedule database) whose best schedules to use
+    (``tuned_dense`` receives the names of the dense layers that got a tuned kernel).
     """
     target = resolve_target(target)
     out = Path(out_path)
@@ -46,7 +48,7 @@ def compile_file(
     if isinstance(database, (str, os.PathLike)):
         database = open_database(database)  # before the long build too
     executable = build(import_onnx(onnx_path), target, patterns, strict, reports, database=database,
-                       dense_reports=dense_reports)
+                       dense_reports=dense_reports, tuned_dense=tuned_dense)  # fmt: skip
     tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp{out.suffix or '.so'}")
     try:
         executable.export_library(str(tmp), **options)
@@ -68,14 +70,19 @@ def compile_command(
     """``tvm-pattern compile``: compile, print what happened to every conv, return the library's path."""
     reports: list[ConvReport] = []
     dense_reports: list[DenseReport] = []
-    path = compile_file(model, target, out, patterns, strict, reports, database=database, dense_reports=dense_reports)
+    tuned_dense: list[str] = []
+    path = compile_file(model, target, out, patterns, strict, reports, database=database, dense_reports=dense_reports,
+                        tuned_dense=tuned_dense)  # fmt: skip
     taken = {r.name for r in dense_reports if r.rewritten}
     for report in reports:
         if report.name not in taken:  # a conv the pattern pass left is reported by the dense pass
             echo(f"  {report}")
     for report in dense_reports:
         echo(f"  {report}")
-    tuned = f", {sum(r.tuned for r in reports)} with tuned kernels from {database}" if database is not None else ""
+    tuned = ""
+    if database is not None:
+        tuned = (f", {sum(r.tuned for r in reports)} with tuned kernels, {len(tuned_dense)} dense layer(s) with "
+                 f"tuned kernels and the other ops' tuned schedules from {database}")  # fmt: skip
     dense = f", {len(taken)}/{len(dense_reports)} conv2d / dense by generated dense kernels" if dense_reports else ""
     echo(f"{sum(r.sparse for r in reports)}/{len(reports)} conv2d pattern-sparse{tuned}{dense}; wrote {path}")
     return path

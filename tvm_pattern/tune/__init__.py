@@ -1,13 +1,17 @@
-"""Tuning jobs: MetaSchedule searches every pattern-sparse layer's template, here or on devices over TVM RPC.
+"""Tuning jobs: MetaSchedule searches every op of a model, here or on devices over TVM RPC.
 
-One job tunes the distinct sparse layers of a model (``tasks.extract_tasks``) one after the other with
+The tasks (``tasks.extract_tasks``): the pattern-sparse layers' template, the dense layers' templates
+(dense / depthwise conv2d and dense layers, ``schedules.dense_space``), and, for the ops no template
+covers, MetaSchedule's default CPU space over the PrimFuncs legalization leaves (``ops``). One job tunes the
+distinct tasks of a model one after the other with
 MetaSchedule's own parts: ``EvolutionarySearch`` over the template's design space, an ``XGBModel`` cost model
 shared by all layers (``features.KnobFeatures``), a ``LocalBuilder`` (cross-linking for Arm targets), a
 ``LocalRunner`` or an ``RPCRunner`` with one worker per server registered under the key (``remote``), and a
 ``JSONDatabase`` in the work directory (``database``: ``database_workload.json`` /
 ``database_tuning_record.json``, MetaSchedule's own format, one line appended per measurement).
-``tvm-pattern compile --db DIR`` then builds with ``database.DatabaseKernels``, the pass's kernel provider that
-replays each layer's best trace (``tuned_kernel``).
+``tvm-pattern compile --db DIR`` then builds with ``database.DatabaseKernels`` and ``DatabaseDenseKernels``,
+the passes' kernel providers that replay each layer's best trace (``tuned_kernel``), and applies the leftover
+ops' records with MetaSchedule's ``MetaScheduleApplyDatabase`` after legalization.
 
 What MetaSchedule does not do and this package adds (``search``, ``job``):
 
@@ -20,19 +24,28 @@ What MetaSchedule does not do and this package adds (``search``, ``job``):
 - runner arguments: the kernel's index and weight arrays are the layer's real ones (random indices crash).
 """
 
-from .database import RECORD_FILE, WORKLOAD_FILE, DatabaseKernels, open_database, tuned_kernel
+from .database import RECORD_FILE, WORKLOAD_FILE, DatabaseDenseKernels, DatabaseKernels, open_database, tuned_kernel
 from .features import KnobFeatures
 from .job import TaskResult, tune, tune_file
-from .tasks import TaskCollector, extract_tasks
+from .ops import MIN_WORK, OpTask, legalize, op_tasks
+from .tasks import OPS, DenseTaskCollector, TaskCollector, dense_layer_task, extract_tasks
 
 __all__ = [
+    "MIN_WORK",
+    "OPS",
     "RECORD_FILE",
     "WORKLOAD_FILE",
+    "DatabaseDenseKernels",
     "DatabaseKernels",
+    "DenseTaskCollector",
     "KnobFeatures",
+    "OpTask",
     "TaskCollector",
     "TaskResult",
+    "dense_layer_task",
     "extract_tasks",
+    "legalize",
+    "op_tasks",
     "open_database",
     "tune",
     "tune_file",

@@ -1,5 +1,6 @@
 """The tuning database: MetaSchedule's JSON database in a work directory (repaired after a kill), the best
-kernel of a task, and ``DatabaseKernels``, the pass's kernel provider backed by a database."""
+kernel of a task, and ``DatabaseKernels`` / ``DatabaseDenseKernels``, the passes' kernel providers backed by a
+database."""
 
 from __future__ import annotations
 
@@ -14,11 +15,19 @@ from tvm.s_tir import meta_schedule as ms
 from tvm.target import Target
 
 from ..errors import TvmPatternError
-from ..passes import ConvLayer, DefaultKernels, KernelProvider, ProvidedKernel
-from ..schedules import family_name
-from ..schedules.space import TuningTask
+from ..passes import (
+    ConvLayer,
+    DefaultDenseKernels,
+    DefaultKernels,
+    DenseKernelProvider,
+    DenseLayer,
+    KernelProvider,
+    ProvidedKernel,
+)
+from ..schedules import dense_space, family_name
+from ..schedules.space import TuningTask, knobs, template
 from ..targets import resolve_target
-from .tasks import layer_task
+from .tasks import dense_layer_task, layer_task
 
 log = logging.getLogger(__name__)
 
@@ -83,15 +92,23 @@ def records(db: ms.database.Database, task: TuningTask) -> list[ms.database.Tuni
     return [r for r in db.get_all_tuning_records() if r.workload.same_as(workload)]
 
 
-def tuned_kernel(task: TuningTask, database: ms.database.Database, target: Target) -> tvm.tirx.PrimFunc | None:
-    """The kernel of the best schedule the database holds for ``task`` (its trace replayed, then materialized),
-    or None if it has no successful measurement of it for this kind of target."""
+def record_for(task: TuningTask, database: ms.database.Database, target: Target) -> ms.database.TuningRecord | None:
+    """The best successful record of ``task`` for this kind of target, or None."""
     record = database.query_tuning_record(task.mod, target, task.name)
     if record is None:
         return None
     if record.target is not None and family_name(record.target) != family_name(target):
         log.warning("%s: the database's record was tuned for %s, not %s: default kernel",
                     task.name, family_name(record.target), family_name(target))  # fmt: skip
+        return None
+    return record
+
+
+def tuned_kernel(task: TuningTask, database: ms.database.Database, target: Target) -> tvm.tirx.PrimFunc | None:
+    """The kernel of the best schedule the database holds for ``task`` (its trace replayed, then materialized),
+    or None if it has no successful measurement of it for this kind of target."""
+    record = record_for(task, database, target)
+    if record is None:
         return None
     sch = s_tir.Schedule(task.mod)
     record.trace.apply_to_schedule(sch, remove_postproc=False)
@@ -117,3 +134,33 @@ class DatabaseKernels:
             log.info("%s: no tuning record for %s, default kernel", layer.name, task.name)
             return self.fallback.kernel(layer)
         return ProvidedKernel(func, tuple(task.arrays), tuned=True)  # the task's arrays: bias included
+
+
+class DatabaseDenseKernels:
+    """A dense kernel provider backed by a tuning database: a layer whose task has a successful record gets the
+    kernel its best knobs select, generated for the layer's weights (``tuned=True``); the others ``fallback``'s.
+
+    ``database``: a MetaSchedule database, or a tuning job's work directory.
+    """
+
+    def __init__(self, database, fallback: DenseKernelProvider | None = None) -> None:
+        self.database = open_database(database) if isinstance(database, (str, os.PathLike)) else database
+        self.fallback = fallback if fallback is not None else DefaultDenseKernels()
+        self.tuned: list[str] = []  # the layers that got a tuned kernel
+
+    def kernel(self, layer: DenseLayer) -> ProvidedKernel:
+        task = dense_layer_task(layer)
+        target = layer.target if layer.target is not None else resolve_target(None)
+        record = record_for(task, self.database, target)
+        if record is None:
+            log.info("%s: no tuning record for %s, default kernel", layer.name, task.name)
+            return self.fallback.kernel(layer)
+        sch = s_tir.Schedule(task.mod)
+        record.trace.apply_to_schedule(sch, remove_postproc=False)
+        func = sch.mod["main"]
+        kernel = dense_space.kernel(template(func), knobs(func), layer.weight, layer.bias)
+        if tuple(kernel.out_shape) != tuple(layer.out_shape):
+            raise ValueError(f"{layer.name}: tuned kernel output shape {kernel.out_shape} != {layer.out_shape}")
+        self.tuned.append(layer.name)
+        return ProvidedKernel(kernel.func, tuple(kernel.arrays), tuned=True)
+

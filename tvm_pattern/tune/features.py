@@ -39,7 +39,7 @@ def _knob_vector(func: tvm.tirx.PrimFunc) -> np.ndarray:
     values = [float(picked[name]) for name in sorted(picked)]
     blocks, default = description.get("blocks"), description.get("default", {})
     if blocks and "block" in picked:
-        rows, cols = blocks[picked["block"]]
+        rows, cols = blocks[picked["block"]][:2]  # dense templates add a third value (row mode, lanes)
         lanes = picked.get("lanes", default.get("vector", 1))
         values += [rows, cols, cols / max(lanes, 1), rows * cols / max(lanes, 1)]
     kernel = description.get("kernel", {})

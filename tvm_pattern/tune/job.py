@@ -8,6 +8,7 @@ import math
 import os
 import sys
 import time
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,11 +20,14 @@ from tvm.target import Target
 from ..devices.cross import builder_export
 from ..errors import RPCError, TvmPatternError
 from ..frontend import import_onnx
-from ..schedules import build
+from ..schedules import dense_space
+from ..schedules.dense_space import DenseTuningTask
 from ..schedules.space import TuningTask
 from ..targets import host_cores, is_host, resolve_target, runtime_threads
+from .builder import PoolBuilder
 from .database import open_database, records
 from .features import KnobFeatures
+from .ops import OpTask
 from .remote import Arguments, Remote, connect, create_session, seconds
 from .search import (
     FAILED_SECS,
@@ -77,6 +81,17 @@ class _Job:
     export: Callable
     arguments: Arguments = field(default_factory=Arguments)
     _measurers: tuple | None = None
+    _op_cost_model: object = None
+
+    def cost_model_for(self, task: TuningTask):
+        """The knob-feature model for templates; for leftover ops (no knobs) one on MetaSchedule's own
+        per-store features, shared by all of them."""
+        if not isinstance(task, OpTask):
+            return self.cost_model
+        if self._op_cost_model is None:
+            self._op_cost_model = ms.cost_model.XGBModel(num_warmup_samples=8, adaptive_training=False,
+                                                         num_tuning_cores=host_cores())  # fmt: skip
+        return self._op_cost_model
 
     def measurers(self) -> tuple[object, object]:
         """(builder, runner)."""
@@ -85,8 +100,13 @@ class _Job:
         return self._measurers
 
     def _builder(self):
-        return ms.builder.LocalBuilder(max_workers=self.builders, timeout_sec=max(120.0, self.timeout),
-                                       f_build=build, f_export=self.export)  # fmt: skip
+        return PoolBuilder(max_workers=self.builders, timeout_sec=max(120.0, self.timeout),
+                           f_build=dense_space.build, f_export=self.export)  # fmt: skip
+
+    def close(self) -> None:
+        """Stop the builder's worker processes."""
+        if self._measurers is not None:
+            self._measurers[0].close()
 
     def _runner(self):
         evaluator = ms.runner.EvaluatorConfig(number=3, repeat=3, min_repeat_ms=50)
@@ -130,11 +150,14 @@ def tune(
     if int(trials) < 0:
         raise TvmPatternError(f"trials must be >= 0, got {trials}")
     if not tasks:
-        raise TvmPatternError("nothing to tune: the model has no pattern-sparse 3x3 conv")
+        raise TvmPatternError("nothing to tune: the model has no op a tuning task covers")
     job = _job(resolve_target(target), Path(work_dir), tracker, key, trials_per_iter, population, genetic_iters,
                timeout, wait_servers, builders, seed, progress)  # fmt: skip
     started = time.monotonic()
-    results = [_tune_task(job, task, int(trials)) for task in tasks]
+    try:
+        results = [_tune_task(job, task, int(trials), f"[{i + 1}/{len(tasks)}] ") for i, task in enumerate(tasks)]
+    finally:
+        job.close()
     measured = sum(r.measured for r in results)
     log.info("tuning job: %d measurements in %.0f s; database in %s", measured, time.monotonic() - started, job.work)
     return results
@@ -156,16 +179,16 @@ def _job(target, work, tracker, key, per_iter, population, genetic_iters, timeou
                 timeout, builders or cores, export)  # fmt: skip
 
 
-def _progress_bar(job: _Job, name: str, total: int, done: int):
+def _progress_bar(job: _Job, name: str, total: int, done: int, step: str = ""):
     if not job.progress:
         return None
     from tqdm import tqdm
 
-    return tqdm(total=total, desc=f"tune {name}", unit="trial", file=sys.stderr, leave=True, initial=0,
+    return tqdm(total=total, desc=f"tune {step}{name}", unit="trial", file=sys.stderr, leave=True, initial=0,
                 postfix=f"{done} in database" if done else None)  # fmt: skip
 
 
-def _tune_task(job: _Job, task: TuningTask, trials: int) -> TaskResult:
+def _tune_task(job: _Job, task: TuningTask, trials: int, step: str = "") -> TaskResult:
     started = time.monotonic()
     existing = records(job.database, task)
     run = TuneRun(task, budget=max(0, trials - len(existing)))
@@ -184,19 +207,20 @@ def _tune_task(job: _Job, task: TuningTask, trials: int) -> TaskResult:
                                  rand_state=-1 if job.seed is None else job.seed, num_threads=host_cores(),
                                  logger=task_logger(job.work, task.name))  # fmt: skip
     candidates = _measured(existing, run)
+    cost_model = job.cost_model_for(task)
     if valid:  # the cost model learns what earlier runs measured
-        job.cost_model.update(context, [candidates[id(r)] for r in valid if id(r) in candidates],
+        cost_model.update(context, [candidates[id(r)] for r in valid if id(r) in candidates],
                               [ms.runner.RunnerResult(r.run_secs, None)
                                for r in valid if id(r) in candidates])  # fmt: skip
     builder, runner = job.measurers()
     job.arguments.use(task)
-    run.bar = _progress_bar(job, task.name, run.budget, len(existing))
+    run.bar = _progress_bar(job, task.name, run.budget, len(existing), step)
     try:
         with plain_tables():
             ms.tune_tasks(
                 tasks=[context], task_weights=[1.0], work_dir=str(job.work), max_trials_global=run.budget,
                 max_trials_per_task=run.budget, num_trials_per_iter=min(job.per_iter, run.budget),
-                builder=builder, runner=runner, database=job.database, cost_model=job.cost_model,
+                builder=builder, runner=runner, database=job.database, cost_model=cost_model,
                 measure_callbacks=[RecordMeasurements(run, job.database, job.target, job.remote),
                                    ms.measure_callback.RemoveBuildArtifact(), ms.measure_callback.UpdateCostModel()],
                 task_scheduler="round-robin",
@@ -239,15 +263,27 @@ def tune_file(
     key: str | None = None,
     patterns=None,
     echo: Callable[[str], None] | None = print,
+    ops: str = "all",
     **options,
 ) -> list[TaskResult]:
-    """``tvm-pattern tune``: tune every pattern-sparse layer of an ONNX model; prints one line per task."""
+    """``tvm-pattern tune``: tune the ops of an ONNX model, ``trials`` measurements per distinct task; prints one
+    line per task. ``ops``: "all" (default: the pattern-sparse and dense layers' templates, and every other op in
+    MetaSchedule's default space), "templates" (the project's templates only) or "sparse" (pattern-sparse only).
+    """
     target = resolve_target(target)
-    tasks = extract_tasks(import_onnx(onnx_path), target, patterns)
+    tasks = extract_tasks(import_onnx(onnx_path), target, patterns, ops=ops)
     if echo:
-        echo(f"{len(tasks)} distinct pattern-sparse layer(s) to tune, {trials} trials each, database in {work_dir}")
+        kinds = Counter(_kind(t) for t in tasks)
+        what = ", ".join(f"{n} {kind}" for kind, n in kinds.items()) or "nothing"
+        echo(f"{len(tasks)} distinct task(s) to tune ({what}), {trials} trials each, database in {work_dir}")
     results = tune(tasks, target, work_dir, trials, tracker, key, **options)
     if echo:
         for result in results:
             echo(f"  {result}")
     return results
+
+
+def _kind(task: TuningTask) -> str:
+    if isinstance(task, OpTask):
+        return "other op(s)"
+    return "dense layer(s)" if isinstance(task, DenseTuningTask) else "pattern-sparse layer(s)"

@@ -11,7 +11,9 @@ from tvm.s_tir import meta_schedule as ms
 
 from ..devices import rpc
 from ..errors import RPCError, TvmPatternError
+from ..schedules.dense_space import DenseTuningTask
 from ..schedules.space import TuningTask
+from .ops import OpTask
 
 
 def seconds(values) -> list[float]:
@@ -24,37 +26,53 @@ class Arguments:
 
     Picklable (runners ship it to their worker processes with every measurement); ``use`` switches tasks.
     Works for both runners: ``(device, args_info, repeat)`` and ``(session, device, args_info, repeat)``.
+    A task's first ``inputs`` arguments are data (random); a dense task's arrays whose shape follows the
+    candidate's block (its packed weights) are random too when they differ from the default kernel's (weight
+    values do not change a kernel's time); a leftover op (``random``) gets random data for every argument.
     """
 
     def __init__(self) -> None:
         self.arrays: tuple[np.ndarray, ...] = ()
         self.name = ""
+        self.inputs = 1
+        self.loose = False  # float arrays of another shape than the task's: random
+        self.random = False
 
     def use(self, task: TuningTask) -> None:
         self.arrays, self.name = tuple(task.arrays), task.name
+        dense = isinstance(task, DenseTuningTask)
+        self.inputs = task.inputs if dense else 1
+        self.loose, self.random = dense, isinstance(task, OpTask)
 
     def __call__(self, *args) -> list[list[tvm.runtime.Tensor]]:
         device, args_info, repeat = args[-3:]
-        if len(args_info) != len(self.arrays) + 2:
+        if not self.random and len(args_info) != len(self.arrays) + self.inputs + 1:
             raise TvmPatternError(f"{self.name}: the kernel takes {len(args_info)} arguments, the task has "
-                                  f"{len(self.arrays)} arrays plus data and output")  # fmt: skip
+                                  f"{len(self.arrays)} arrays plus {self.inputs} input(s) and the output")  # fmt: skip
         rng = np.random.default_rng(0)
         out = []
         for _ in range(repeat):
-            args_out = []
-            for i, (_, dtype, shape) in enumerate(args_info):
-                if i == 0:
-                    value = rng.uniform(-1, 1, shape).astype(dtype)
-                elif i == len(args_info) - 1:
-                    value = np.zeros(shape, dtype)
-                else:
-                    value = self.arrays[i - 1]
-                    if tuple(value.shape) != tuple(shape) or str(value.dtype) != dtype:
-                        raise TvmPatternError(f"{self.name}: argument {i} is {dtype}{list(shape)} but the task's "
-                                              f"array is {value.dtype}{list(value.shape)}")  # fmt: skip
-                args_out.append(tvm.runtime.tensor(np.ascontiguousarray(value), device))
+            args_out = [tvm.runtime.tensor(np.ascontiguousarray(self._value(i, dtype, shape, len(args_info), rng)),
+                                           device) for i, (_, dtype, shape) in enumerate(args_info)]  # fmt: skip
             out.append(args_out)
         return out
+
+    def _value(self, i: int, dtype: str, shape, count: int, rng) -> np.ndarray:
+        shape = tuple(int(d) for d in shape)
+        floating = np.dtype(dtype).kind == "f"
+        if self.random:
+            return rng.uniform(-1, 1, shape).astype(dtype) if floating else np.zeros(shape, dtype)
+        if i < self.inputs:
+            return rng.uniform(-1, 1, shape).astype(dtype)
+        if i == count - 1:
+            return np.zeros(shape, dtype)
+        value = self.arrays[i - self.inputs]
+        if tuple(value.shape) == shape and str(value.dtype) == dtype:
+            return value
+        if self.loose and floating and str(value.dtype) == dtype:
+            return rng.uniform(-1, 1, shape).astype(dtype)
+        raise TvmPatternError(f"{self.name}: argument {i} is {dtype}{list(shape)} but the task's "
+                              f"array is {value.dtype}{list(value.shape)}")
 
 
 _LOST = "no RPC server answered"  # marks a session that could not be opened (device gone)

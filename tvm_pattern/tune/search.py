@@ -24,7 +24,9 @@ from tvm.s_tir.meta_schedule.search_strategy import PySearchStrategy
 from tvm.target import Target
 
 from ..errors import RPCError
+from ..schedules.dense_space import DenseTuningTask
 from ..schedules.space import TuningTask
+from .ops import OpTask
 from .remote import Remote, seconds
 
 log = logging.getLogger(__name__)
@@ -76,7 +78,7 @@ class ResumeSearch(PySearchStrategy):
 
     def pre_tuning(self, max_trials, num_trials_per_iter, design_spaces, database=None, cost_model=None) -> None:
         self.run.budget = min(self.run.budget, int(max_trials))
-        if design_spaces:
+        if design_spaces and not isinstance(self.run.task, OpTask):  # a template: its default knobs
             sch = design_spaces[0]
             self.untuned = ms.MeasureCandidate(sch, ms.arg_info.ArgInfo.from_prim_func(sch.mod["main"]))
         slack = sum(len(b) for b in self.run.seen.values()) + 2 * int(num_trials_per_iter)
@@ -101,10 +103,17 @@ class ResumeSearch(PySearchStrategy):
             fresh = fresh[: self.run.budget]
             if fresh:
                 self.pending = list(batch)
-                return fresh
+                return [self._measured_args(c) for c in fresh]
             self.inner.notify_runner_results(batch, [ms.runner.RunnerResult(None, "measured before")] * len(batch))
         self.run.exhausted = True
         return None
+
+    def _measured_args(self, candidate: ms.MeasureCandidate) -> ms.MeasureCandidate:
+        """``candidate`` with the arguments of the kernel it materializes, for tasks whose array sizes follow
+        the knobs (dense templates: ``measure_args``)."""
+        if not isinstance(self.run.task, DenseTuningTask):
+            return candidate
+        return ms.MeasureCandidate(candidate.sch, self.run.task.measure_args(candidate.sch.mod))
 
     def notify_runner_results(self, measure_candidates, results) -> None:
         self.run.budget -= len(measure_candidates)
