@@ -1,0 +1,96 @@
+"""Default knobs of the block-sparse 1x1 conv and linear kernels on CPUs (x86 AVX2 / AVX-512, arm_cpu NEON), from
+the target's lanes, vector registers and cores (``dense_cpu.cpu_info``), and the generators composed with them.
+
+- ``conv2d_knobs``: the ``MR x NV`` register block of least modelled cycles over the layer (``MR`` divides the
+  weight's block height ``G``; a block taller than the registers allow is done in ``G / MR`` passes), block
+  chunks sized so a chunk's weights stay in L2 while the pixel tiles stream, at least two items per thread;
+- ``linear_knobs``: enough independent accumulator chains to hide the FMA latency, one thread per core;
+- ``MAX_DENSITY``: above this stored-weight density (padding zeros included) the dense kernel is faster.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+
+from tvm_pattern.kernels.block_sparse import (
+    BlockConvKnobs,
+    BlockLinearKnobs,
+    ConvShape,
+    block_sparse_conv2d,
+    block_sparse_linear,
+    conv_shape,
+    fit_conv_knobs,
+)
+from tvm_pattern.kernels.dense_common import DenseKernel
+from tvm_pattern.sparsity.blocks import BlockSparse
+
+from .dense_cpu import CpuInfo, cpu_info
+
+__all__ = ["FMA_LATENCY", "MAX_DENSITY", "NAME", "conv2d", "conv2d_knobs", "linear", "linear_knobs"]
+
+NAME = "block_sparse"
+MAX_DENSITY = 0.4  # the sparse kernels pay below this density (measured: /work/notes/bench_block_sparse.py)
+FMA_LATENCY = 4  # cycles; each accumulator takes one FMA per kept column, so a step lasts at least this long
+CHUNK_BYTES = 128 << 10  # packed weights per block chunk (kept in L2 while the pixel tiles stream)
+
+
+def _conv_cost(s: ConvShape, packed: BlockSparse, mr: int, nv: int, lanes: int, info: CpuInfo) -> float:
+    """Modelled cycles: per kept column and pass, ``MR*NV`` FMAs, ``NV + MR + 1`` loads (inputs, broadcasts,
+    the index), at least the FMA latency; per (block, pass, tile) ~30 cycles and the stores."""
+    tiles = -(-s.pixels // (nv * lanes))
+    passes = packed.group // mr
+    step = max(mr * nv / info.fma_pipes, (nv + mr + 1) / 2, FMA_LATENCY)
+    columns = float(packed.kept.sum())
+    return tiles * passes * (columns * step + packed.blocks * (30 + mr * nv))
+
+
+def conv2d_knobs(packed: BlockSparse, data_shape, strides=(1, 1), padding=(0, 0, 0, 0), target=None) -> BlockConvKnobs:
+    """The register block of least modelled cost, chunks and tiles per item for the target's cores."""
+    info = cpu_info(target)
+    s = conv_shape(packed, data_shape, strides, padding)
+    best, best_cost = None, float("inf")
+    for nv in (1, 2, 4):
+        for mr in range(1, packed.group + 1):
+            if packed.group % mr or mr * nv + nv + 2 > info.registers or mr * nv > 28:
+                continue
+            k = fit_conv_knobs(BlockConvKnobs(mr, nv, info.lanes, 1, 1, info.cores), s, packed.group)
+            if (k.mr, k.nv) != (mr, nv):
+                continue
+            cost = _conv_cost(s, packed, k.mr, k.nv, k.lanes, info)
+            if cost < best_cost * 0.999:
+                best, best_cost = k, cost
+    assert best is not None
+    chunks = max(1, min(packed.blocks, -(-packed.stored * 4 // CHUNK_BYTES)))
+    tiles = -(-s.pixels // (best.nv * best.lanes))
+    want = -(-2 * info.cores // chunks)  # pixel chunks needed for two items per thread
+    if tiles < want:  # too few pixel tiles: split the blocks further
+        chunks = max(1, min(packed.blocks, -(-2 * info.cores // tiles)))
+        want = 1
+    return replace(best, block_chunks=chunks, px_tiles=max(1, -(-tiles // want)), threads=info.cores)
+
+
+def linear_knobs(packed: BlockSparse, batch: int = 1, target=None) -> BlockLinearKnobs:
+    """About ``2 * FMA_LATENCY`` accumulator vectors in flight (``U * B`` chains of ``G / lanes`` vectors)."""
+    info = cpu_info(target)
+    batch = max(1, int(batch))  # the generator refuses a batch < 1
+    vectors = -(-packed.group // info.lanes)
+    unroll = max(1, 2 * FMA_LATENCY // (batch * vectors))
+    while unroll > 1 and (unroll * batch + 2) * vectors > info.registers:
+        unroll //= 2
+    return BlockLinearKnobs(unroll, info.cores)
+
+
+def conv2d(packed: BlockSparse, data_shape, strides=(1, 1), padding=(0, 0, 0, 0), bias: np.ndarray | None = None,
+           activation=None, residual: bool = False, target=None, knobs: BlockConvKnobs | None = None) -> DenseKernel:
+    """``kernels.block_sparse.block_sparse_conv2d`` with ``knobs`` or the target's defaults."""
+    knobs = knobs or conv2d_knobs(packed, data_shape, strides, padding, target)
+    return block_sparse_conv2d(packed, data_shape, knobs, strides, padding, bias, activation, residual)
+
+
+def linear(packed: BlockSparse, batch: int = 1, bias: np.ndarray | None = None, activation=None, target=None,
+           knobs: BlockLinearKnobs | None = None) -> DenseKernel:
+    """``kernels.block_sparse.block_sparse_linear`` with ``knobs`` or the target's defaults."""
+    knobs = knobs or linear_knobs(packed, batch, target)
+    return block_sparse_linear(packed, knobs, batch, bias, activation)

@@ -1,0 +1,129 @@
+"""Block-sparse 1x1 conv2d and linear kernels (``schedules.block_sparse`` defaults and random knobs) vs PyTorch on
+the same pruned weights: shapes, block heights, densities, strides, padding, batches and every epilogue."""
+
+import numpy as np
+import pytest
+import torch
+from helpers.dense import activate, close, run
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from tvm_pattern.errors import TvmPatternError
+from tvm_pattern.kernels.block_sparse import BlockConvKnobs, BlockLinearKnobs, block_sparse_conv2d, pad_columns
+from tvm_pattern.schedules.block_sparse import conv2d, conv2d_knobs, linear, linear_knobs
+from tvm_pattern.sparsity.blocks import pack, unpack
+
+ACTS = st.sampled_from([None, "relu", "relu6", ("clip", -0.5, 0.5)])
+GROUPS = st.sampled_from([1, 2, 4, 8, 16])
+
+
+def block_weight(rng, o: int, i: int, group: int, keep: float) -> np.ndarray:
+    """(o, i) weights whose blocks of ``group`` rows keep the same ~``keep`` of the columns."""
+    w = rng.standard_normal((o, i), dtype=np.float32) / np.float32(np.sqrt(max(1.0, keep * i)))
+    cols = rng.random((-(-o // group), i)) < keep
+    return w * np.repeat(cols, group, axis=0)[:o]
+
+
+def check_conv(oc, c, h, w, group, keep, stride, pad, bias, act, residual, knobs=None, seed=0):
+    rng = np.random.default_rng(seed)
+    weight = block_weight(rng, oc, c, group, keep)
+    x = rng.standard_normal((1, c, h, w), dtype=np.float32)
+    b = rng.standard_normal(oc, dtype=np.float32) if bias else None
+    packed = pack(weight)
+    if knobs is None:
+        k = conv2d(packed, x.shape, stride, pad, b, act, residual)
+    else:
+        k = block_sparse_conv2d(packed, x.shape, knobs, stride, pad, b, act, residual)
+    top, left, bottom, right = pad
+    xt = torch.nn.functional.pad(torch.tensor(x), (left, right, top, bottom))
+    w4 = torch.tensor(weight).reshape(oc, c, 1, 1)
+    want = torch.nn.functional.conv2d(xt, w4, None if b is None else torch.tensor(b), stride)
+    assert k.out_shape == tuple(want.shape)
+    inputs = [x]
+    if residual:
+        r = rng.standard_normal(want.shape, dtype=np.float32)
+        want = want + torch.tensor(r)
+        inputs.append(r)
+    close(run(k, *inputs), activate(want, act))
+
+
+@pytest.mark.parametrize("c,oc,hw,s,g", [(64, 256, 14, 1, 4), (256, 64, 14, 1, 8), (128, 512, 7, 1, 16),
+                                         (64, 128, 15, 2, 4), (96, 24, 28, 1, 2), (32, 20, 9, 1, 1)])
+def test_network_like_layers(c, oc, hw, s, g):
+    check_conv(oc, c, hw, hw, g, 1 / 8, (s, s), (0, 0, 0, 0), True, "relu", s == 1)
+
+
+@settings(max_examples=20, deadline=None)
+@given(oc=st.integers(1, 40), c=st.integers(1, 40), h=st.integers(1, 11), w=st.integers(1, 11), group=GROUPS,
+       keep=st.sampled_from([0.0, 0.05, 0.125, 0.3, 1.0]), sh=st.integers(1, 3), sw=st.integers(1, 3),
+       pad=st.tuples(*[st.integers(0, 1)] * 4), bias=st.booleans(), act=ACTS, residual=st.booleans(),
+       seed=st.integers(0, 3))
+def test_conv_random_shapes(oc, c, h, w, group, keep, sh, sw, pad, bias, act, residual, seed):
+    check_conv(oc, c, h, w, group, keep, (sh, sw), pad, bias, act, residual, seed=seed)
+
+
+@settings(max_examples=12, deadline=None)
+@given(mr=st.integers(1, 8), nv=st.integers(1, 4), lanes=st.sampled_from([4, 8]), chunks=st.integers(1, 5),
+       tiles=st.integers(1, 4), threads=st.integers(1, 3), group=GROUPS, stride=st.integers(1, 2))
+def test_conv_knobs(mr, nv, lanes, chunks, tiles, threads, group, stride):
+    knobs = BlockConvKnobs(mr, nv, lanes, chunks, tiles, threads)
+    check_conv(37, 24, 10, 13, group, 0.25, (stride, stride), (0, 0, 0, 0), True, "relu6", stride == 1, knobs)
+
+
+def check_linear(o, i, batch, group, keep, bias, act, knobs=None, seed=0):
+    rng = np.random.default_rng(seed)
+    weight = block_weight(rng, o, i, group, keep)
+    x = rng.standard_normal((batch, i), dtype=np.float32)
+    b = rng.standard_normal(o, dtype=np.float32) if bias else None
+    k = linear(pack(weight), batch, b, act, knobs=knobs)
+    want = torch.nn.functional.linear(torch.tensor(x), torch.tensor(weight), None if b is None else torch.tensor(b))
+    assert k.out_shape == tuple(want.shape)
+    close(run(k, x), activate(want, act))
+
+
+@settings(max_examples=20, deadline=None)
+@given(o=st.integers(1, 70), i=st.integers(1, 90), batch=st.integers(1, 8), group=GROUPS,
+       keep=st.sampled_from([0.0, 0.05, 0.125, 0.4, 1.0]), bias=st.booleans(), act=ACTS, seed=st.integers(0, 3))
+def test_linear_random_shapes(o, i, batch, group, keep, bias, act, seed):
+    check_linear(o, i, batch, group, keep, bias, act, seed=seed)
+
+
+@settings(max_examples=8, deadline=None)
+@given(unroll=st.integers(1, 6), threads=st.integers(1, 4), group=GROUPS, batch=st.integers(1, 3))
+def test_linear_knobs(unroll, threads, group, batch):
+    check_linear(45, 130, batch, group, 0.125, True, "relu", BlockLinearKnobs(unroll, threads))
+
+
+def test_fc_like_layer():
+    check_linear(512, 2048, 1, 8, 1 / 8, True, "relu")
+
+
+def test_pad_columns_keeps_the_weight():
+    packed = pack(block_weight(np.random.default_rng(0), 20, 30, 4, 0.3))
+    padded = pad_columns(packed, 4)
+    assert np.all(padded.kept % 4 == 0)
+    dense = np.zeros((padded.blocks, 4, 30), np.float32)  # summed: padding entries repeat column 0 with zeros
+    blk = np.repeat(np.arange(padded.blocks), padded.kept)
+    np.add.at(dense, (blk, slice(None), padded.cols), padded.values.reshape(-1, 4))
+    np.testing.assert_array_equal(dense.reshape(-1, 30)[:20], unpack(packed))
+
+
+def test_default_knobs_fit_registers():
+    packed = pack(block_weight(np.random.default_rng(0), 256, 64, 4, 1 / 8))
+    kn = conv2d_knobs(packed, (1, 64, 56, 56), target="llvm")
+    assert packed.group % kn.mr == 0 and kn.mr * kn.nv + kn.nv + 2 <= 32
+    assert linear_knobs(packed, 1, "llvm").unroll >= 1
+
+
+def test_bad_args():
+    packed = pack(block_weight(np.random.default_rng(0), 8, 6, 2, 0.5))
+    with pytest.raises(TvmPatternError, match="channels"):
+        conv2d(packed, (1, 5, 4, 4))
+    with pytest.raises(TvmPatternError, match="NCHW"):
+        conv2d(packed, (1, 6, 4))
+    with pytest.raises(TvmPatternError, match="activation"):
+        conv2d(packed, (1, 6, 4, 4), activation="gelu")
+    with pytest.raises(TvmPatternError, match="bias"):
+        linear(packed, 1, np.zeros(3, np.float32))
+    with pytest.raises(TvmPatternError, match="batch"):
+        linear(packed, 0)
