@@ -46,8 +46,9 @@ def test_prune_writes_all_outputs(pruned):
     report = json.loads((pruned / "report.json").read_text())
     for key in ("dense_accuracy", "pattern_accuracy", "final_accuracy"):
         assert 0.1 < report[key] <= 1.0  # better than chance on 10 classes
-    assert [layer["pruned"] for layer in report["layers"]] == [False, True, True, True]
+    assert [layer["pruned"] for layer in report["layers"]] == [False, True, True, True, False]
     assert report["layers"][0]["reason"].startswith("first layer")
+    assert report["layers"][-1]["type"] == "linear" and report["layers"][-1]["reason"].startswith("classifier's last")
 
 
 def test_onnx_kernels_fit_the_library_and_connectivity(pruned):
@@ -57,6 +58,8 @@ def test_onnx_kernels_fit_the_library_and_connectivity(pruned):
     masks = artifacts.load_masks(pruned / "masks.pt")
     weights = conv_weights(pruned / "model.onnx")
     for layer in report["layers"]:
+        if layer["type"] == "linear":
+            continue
         w = weights[f"{layer['name']}.weight"]
         kernels = w.reshape(-1, 3, 3)
         nonzero = (kernels != 0).reshape(len(kernels), -1)
@@ -109,10 +112,11 @@ def test_bad_input_fails_clearly_and_writes_nothing(tmp_path, small_data, capsys
 
 
 def test_model_without_3x3_convs_fails_clearly(tmp_path, small_data, capsys, monkeypatch):
-    monkeypatch.setitem(models.MODELS, "pointwise", lambda: nn.Sequential(nn.Conv2d(1, 4, 1), nn.Flatten()))
+    monkeypatch.setitem(models.MODELS, "pointwise", lambda: nn.Sequential(
+        nn.Conv2d(1, 4, 3), nn.Conv2d(4, 4, 1), nn.Flatten(), nn.Linear(4 * 26 * 26, 10)))  # fmt: skip
     out = tmp_path / "out"
     code, err = run(["prune", "--model", "pointwise", "--data", str(small_data), "--out", str(out)], capsys)
-    assert code == 2 and "no prunable 3x3 convolution" in err
+    assert code == 2 and "no layer to prune" in err and "no pointwise rate given (--pointwise ALPHA)" in err
     assert not out.exists()
 
 
@@ -187,7 +191,7 @@ def check_fits(out: Path, alpha: float = 3.6) -> dict:
     library = PatternLibrary.load(out / "patterns.json")
     report = json.loads((out / "report.json").read_text())
     weights = conv_weights(out / "model.onnx")
-    pruned = [layer for layer in report["layers"] if layer["pruned"]]
+    pruned = [layer for layer in report["layers"] if layer["pruned"] and layer["type"] == "conv3x3"]
     assert pruned
     for layer in pruned:
         kernels = weights[f"{layer['name']}.weight"].reshape(-1, 3, 3)
@@ -230,8 +234,9 @@ def test_user_model_and_data_single_process(user_single):
     out, _, _ = user_single
     report = check_fits(out)
     assert report["world_size"] == 1 and report["device"] == "cpu"
-    assert [layer["pruned"] for layer in report["layers"]] == [False, True, False, True]  # first, 3x3, 1x1, 3x3
-    assert "1x1" in report["layers"][2]["reason"]
+    # first, 3x3, 1x1, 3x3, FC, last FC
+    assert [layer["pruned"] for layer in report["layers"]] == [False, True, False, True, False, False]
+    assert "--pointwise" in report["layers"][2]["reason"] and "--linear" in report["layers"][4]["reason"]
 
 
 def test_two_ranks_with_gloo_under_torchrun(user_two_ranks):
@@ -253,7 +258,7 @@ def test_one_process_and_two_ranks_agree(user_single, user_two_ranks):
     for key in ("dense_accuracy", "pattern_accuracy", "final_accuracy"):
         assert abs(one[key] - two[key]) <= 0.06, (key, one[key], two[key])
         assert two[key] > 0.25, (key, two[key])  # it learnt something (chance: 0.1)
-    assert [layer["kept_kernels"] for layer in one["layers"]] == [layer["kept_kernels"] for layer in two["layers"]]
+    assert [layer["nonzeros"] for layer in one["layers"]] == [layer["nonzeros"] for layer in two["layers"]]
 
 
 def test_admm_state_is_identical_on_every_rank_and_matches_one_process(tmp_path):

@@ -14,6 +14,15 @@ from tvm_pattern.sparsity.library import PatternLibrary, candidate_patterns
 LIB = PatternLibrary(candidate_patterns(4)[[0, 7, 19, 33, 41, 50]])
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny models: two threads on two shared cores only fight (10x slower under load)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def net() -> nn.Sequential:
     torch.manual_seed(0)
     return nn.Sequential(
@@ -26,6 +35,7 @@ def net() -> nn.Sequential:
         nn.Conv2d(16, 10, 3, stride=2, padding=1),
         nn.AdaptiveAvgPool2d(1),
         nn.Flatten(),
+        nn.Linear(10, 10),  # the classifier's last layer: dense by default
     )
 
 
@@ -141,10 +151,14 @@ def test_mismatched_mask_changes_nothing():
 
 def test_model_without_3x3_convs_is_rejected():
     model = nn.Sequential(nn.Conv2d(3, 8, 1), nn.Conv2d(8, 8, 5), nn.Flatten())
-    with pytest.raises(ModelError, match="no prunable 3x3 convolution"):
+    with pytest.raises(ModelError, match=r"no layer to prune \(0: first layer .*1: kernel 5x5, not 3x3\)"):
         PatternSparsifier(LIB).prepare(model)
-    with pytest.raises(ModelError, match="no Conv2d at all"):
-        PatternSparsifier(LIB).prepare(nn.Linear(3, 3))
+    with pytest.raises(ModelError, match="no Conv2d or Linear at all"):
+        PatternSparsifier(LIB).prepare(nn.Sequential(nn.ReLU()))
+    # a 1x1-only model is prunable once --pointwise is given; the last layer stays dense
+    sp = PatternSparsifier(LIB, pointwise=2.0).prepare(nn.Sequential(nn.Conv2d(3, 8, 3), nn.Conv2d(8, 8, 1),
+                                                                     nn.Conv2d(8, 4, 1)))  # fmt: skip
+    assert [layer.name for layer in sp.layers] == ["1"] and "last layer" in sp.skipped["2"]
 
 
 def test_bad_alpha_rejected_before_touching_the_model():
@@ -166,3 +180,117 @@ def test_projection_of_pattern_sparse_weights_is_identity():
         nonempty = mask.flatten(2).any(-1)
         assert torch.equal(again[name][nonempty], mask[nonempty])
     assert np.isclose(PatternSparsifier(LIB, connectivity=None).prepare(model).gap(), 0.0)
+
+
+# --- every layer type (issue 12) ---------------------------------------------------------------------------
+
+
+def mixed() -> nn.Sequential:
+    """first conv, 3x3, depthwise, 1x1, 3x3, pool, FC, FC (the classifier's last layer)."""
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(),
+        nn.Conv2d(8, 16, 3, padding=1), nn.ReLU(),
+        nn.Conv2d(16, 16, 3, padding=1, groups=16),
+        nn.Conv2d(16, 24, 1), nn.ReLU(),
+        nn.Conv2d(24, 16, 3, padding=1),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+        nn.Linear(16, 20), nn.ReLU(), nn.Linear(20, 10),
+    )  # fmt: skip
+
+
+def check_block_structure(mask: torch.Tensor, keep: int, block) -> None:
+    flat = mask.reshape(mask.shape[0], mask.shape[1])
+    if block == "unstructured":
+        assert int(flat.sum()) == keep
+        return
+    assert (flat.sum(1) == keep).all()
+    for start in range(0, len(flat), block):
+        assert (flat[start: start + block] == flat[start]).all()
+
+
+@pytest.mark.parametrize("block", [1, 4, 16, "unstructured"])
+def test_every_layer_type_gets_its_structure(block):
+    model = mixed()
+    sp = PatternSparsifier(LIB, connectivity=2.0, pointwise=8.0, linear=4.0, depthwise_patterns=True, block=block)
+    sp.prepare(model)
+    kinds = {layer.name: layer.kind for layer in sp.layers}
+    assert kinds == {"2": "conv3x3", "4": "depthwise", "5": "pointwise", "7": "conv3x3", "10": "linear"}
+    assert sp.skipped == {"0": "first layer (kept dense by default)",
+                          "12": "classifier's last layer (kept dense by default)"}  # fmt: skip
+    masks = sp.compute_masks()
+    assert set(masks) == set(kinds)
+    # depthwise: every channel exactly one library pattern; 1x1 / FC: keep 1/alpha of the columns per block
+    assert all(LIB.index_of(k.numpy()) >= 0 for k in masks["4"].flatten(0, 1))
+    check_block_structure(masks["5"], 2 if block != "unstructured" else 48, block)
+    check_block_structure(masks["10"], 4 if block != "unstructured" else 80, block)
+    sp.apply_masks(model)
+    sp.squash_mask(model)
+    for name, mask in masks.items():
+        w = model[int(name)].weight.detach()
+        assert torch.equal(w != 0, mask), name  # random weights: no zero of their own
+
+
+def test_layer_rates_per_type_and_per_layer():
+    model = mixed()
+    sp = PatternSparsifier(LIB, connectivity=None, linear={"10": 2.0}).prepare(model)
+    assert {layer.name for layer in sp.layers} == {"2", "7", "10"}
+    assert sp.skipped["4"] == "depthwise patterns not asked for (--depthwise-patterns)"
+    assert sp.skipped["5"] == "no pointwise rate given (--pointwise ALPHA)"
+    with pytest.raises(ModelError, match=r"rates given for pointwise layers that do not exist: \['2'\]"):
+        PatternSparsifier(LIB, pointwise={"2": 2.0}).prepare(mixed())
+    with pytest.raises(PatternError, match="alpha must be >= 1"):
+        PatternSparsifier(LIB, linear=0.5)
+    with pytest.raises(PatternError, match="block must be"):
+        PatternSparsifier(LIB, block=0)
+    everything = PatternSparsifier(LIB, pointwise=2.0, linear=2.0, skip_first=False, skip_last=False).prepare(mixed())
+    assert {"0", "12"} <= {layer.name for layer in everything.layers}
+
+
+def test_admm_pulls_every_layer_type_towards_its_set():
+    model = mixed()
+    x, y = torch.randn(8, 3, 4, 4), torch.randint(0, 10, (8,))
+    sp = PatternSparsifier(LIB, connectivity=3.0, pointwise=4.0, linear=4.0, depthwise_patterns=True, rho=0.2,
+                           rho_growth=1.5).prepare(model)  # fmt: skip
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    start = sp.gap()
+    for step in range(200):
+        loss = nn.functional.cross_entropy(model(x), y) + sp.penalty()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        if step % 10 == 9:
+            sp.step()
+    assert sp.gap() < 0.25 * start
+
+
+def test_state_dict_round_trip_holds_every_layer_type():
+    model = mixed()
+    make = lambda block=4: PatternSparsifier(LIB, pointwise=4.0, linear=2.0, depthwise_patterns=True,  # noqa: E731
+                                             block=block)  # fmt: skip
+    sp = make().prepare(model)
+    sp.step()
+    state = sp.state_dict()
+    assert {n: v["kind"] for n, v in state["layers"].items()}["5"] == "pointwise" and state["block"] == 4
+    other = make().prepare(copy.deepcopy(model))
+    other.load_state_dict(state)
+    for a, b in zip(sp.layers, other.layers, strict=True):
+        assert torch.equal(a.z, b.z) and torch.equal(a.u, b.u)
+    with pytest.raises(ModelError, match="block 4"):
+        make(8).prepare(copy.deepcopy(model)).load_state_dict(state)
+
+
+def test_linear_zeros_survive_optimiser_steps():
+    model = mixed()
+    sp = PatternSparsifier(LIB, pointwise=4.0, linear=4.0, depthwise_patterns=True).prepare(model)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    x, y = torch.randn(16, 3, 8, 8), torch.randint(0, 10, (16,))
+    masks = sp.apply_masks(model)
+    mask_optimizer(opt, model)
+    for _ in range(20):
+        opt.zero_grad()
+        nn.functional.cross_entropy(model(x), y).backward()
+        opt.step()
+    squash_mask(model)
+    for name, mask in masks.items():
+        assert torch.equal(model[int(name)].weight.detach()[~mask], torch.zeros(int((~mask).sum())))

@@ -24,6 +24,19 @@ def parse_connectivity(text: str) -> float | dict[str, float | None] | None:
     return {name.strip(): one(value) for name, value in pairs}
 
 
+def parse_block(text: str) -> int | str:
+    """``--block``: an int G >= 1 (output channels sharing their kept inputs) or ``unstructured``."""
+    if text.strip().lower() == "unstructured":
+        return "unstructured"
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"block must be an integer >= 1 or 'unstructured', got {text!r}")
+    return value
+
+
 def add_prune_options(p: argparse.ArgumentParser) -> None:
     """The options ``prune`` and ``demo`` share."""
     p.add_argument(
@@ -43,6 +56,23 @@ def add_prune_options(p: argparse.ArgumentParser) -> None:
         "--connectivity", type=parse_connectivity, default=3.6,
         help="keep 1/alpha of each layer's kernels: alpha (default 3.6), 'none', or name=alpha,...",
     )  # fmt: skip
+    p.add_argument(
+        "--pointwise", type=parse_connectivity, default=None, metavar="ALPHA",
+        help="prune the 1x1 convs: keep 1/alpha of their input columns per block; alpha, or name=alpha,... "
+        "(default: dense)",
+    )  # fmt: skip
+    p.add_argument(
+        "--linear", type=parse_connectivity, default=None, metavar="ALPHA",
+        help="prune the linear layers (the last one stays dense) like --pointwise (default: dense)",
+    )  # fmt: skip
+    p.add_argument("--depthwise-patterns", action="store_true",
+                   help="prune depthwise 3x3 convs: each channel keeps one library pattern")  # fmt: skip
+    p.add_argument(
+        "--block", type=parse_block, default=4, metavar="G",
+        help="--pointwise/--linear: blocks of G output channels keep the same input columns (default 4), "
+        "or 'unstructured'",
+    )  # fmt: skip
+    p.add_argument("--prune-last", action="store_true", help="prune the classifier's last layer too (dense by default)")
     p.add_argument("--dense-epochs", type=float, default=5.0, help="epochs to train the dense model (default 5)")
     p.add_argument("--admm-epochs", type=float, default=1.0, help="ADMM epochs per stage (default 1)")
     p.add_argument("--retrain-epochs", type=float, default=3.0, help="masked retraining epochs per stage (default 3)")

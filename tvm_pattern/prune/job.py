@@ -15,13 +15,15 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from ..errors import SpecError, TvmPatternError
-from ..sparsity.library import candidate_patterns
+from ..errors import ModelError, SpecError, TvmPatternError
+from ..sparsity.library import PatternLibrary, candidate_patterns
 from . import artifacts, checkpoints, data, distributed, models, userspec
-from .projection import check_alpha
+from .projection import check_alpha, check_block
 from .recipe import PruneConfig, prune, train_dense
 from .resume import Checkpointer
-from .sparsifier import conv_eligibility
+from .sparsifier import PatternSparsifier
+
+DEFAULT_LAYER_OPTIONS = {"pointwise": None, "linear": None, "depthwise_patterns": False, "block": 4, "skip_last": True}
 
 
 @dataclass
@@ -46,10 +48,11 @@ def validate(args: argparse.Namespace) -> Inputs:
         raise TvmPatternError(
             f"--patterns {args.patterns}: only {candidates} candidate patterns of {args.taps} taps exist"
         )
-    alphas = args.connectivity.values() if isinstance(args.connectivity, dict) else [args.connectivity]
-    for alpha in alphas:
-        if alpha is not None:
-            check_alpha(alpha)
+    for rate in (args.connectivity, _opt(args, "pointwise"), _opt(args, "linear")):
+        for alpha in rate.values() if isinstance(rate, dict) else [rate]:
+            if alpha is not None:
+                check_alpha(alpha)
+    check_block(_opt(args, "block", 4))
     if _opt(args, "batch_size", 128) < 1:
         raise TvmPatternError(f"--batch-size {args.batch_size}: must be >= 1")
     if _opt(args, "workers", 0) < 0:
@@ -68,9 +71,10 @@ def validate(args: argparse.Namespace) -> Inputs:
         model = models.build(args.model)
         if _opt(args, "weights"):
             userspec.load_weights(model, args.weights)
-    eligible = conv_eligibility(model, skip_first=not args.prune_first)
-    if all(why is not None for why in eligible.values()):
-        raise TvmPatternError(f"model {args.model!r} has no prunable 3x3 convolution: {eligible}")
+    try:
+        sparsifier(args).prepare(model)  # every layer it would prune, rates per layer name checked
+    except ModelError as err:
+        raise TvmPatternError(f"model {args.model!r}: {err}") from err
     user_data = userspec.is_spec(args.data)
     if user_data:
         train_set, test_set = userspec.load_data(args.data)
@@ -87,6 +91,21 @@ def validate(args: argparse.Namespace) -> Inputs:
         raise SpecError(f"model {args.model!r} returns {type(logits).__name__} of shape "
                         f"{getattr(logits, 'shape', '?')}; expected (batch, classes) logits")  # fmt: skip
     return Inputs(model, train_set, test_set, user_model, user_data)
+
+
+def layer_options(args: argparse.Namespace) -> dict:
+    """The per-layer-type options (``PruneConfig`` fields) of the command line."""
+    return {
+        "pointwise": _opt(args, "pointwise"), "linear": _opt(args, "linear"),
+        "depthwise_patterns": bool(_opt(args, "depthwise_patterns", False)), "block": _opt(args, "block", 4),
+        "skip_last": not _opt(args, "prune_last", False),
+    }  # fmt: skip
+
+
+def sparsifier(args: argparse.Namespace) -> PatternSparsifier:
+    """A sparsifier with every rate of the command line (to check the options against the model)."""
+    library = PatternLibrary(candidate_patterns(args.taps)[: args.patterns])
+    return PatternSparsifier(library, args.connectivity, skip_first=not args.prune_first, **layer_options(args))
 
 
 def settings(args: argparse.Namespace, world_size: int) -> dict:
@@ -107,6 +126,8 @@ def settings(args: argparse.Namespace, world_size: int) -> dict:
         "batch_size": _opt(args, "batch_size", 128),
         "world_size": world_size,
         "amp": bool(_opt(args, "amp", False)),
+        # only when set, so checkpoints made before these options existed still resume
+        **{k: v for k, v in layer_options(args).items() if v != DEFAULT_LAYER_OPTIONS[k]},
     }
 
 
@@ -128,7 +149,7 @@ def _run(args, inputs: Inputs, runtime: distributed.Runtime, log):
     config = PruneConfig(
         patterns=args.patterns, taps=args.taps, connectivity=args.connectivity,
         admm_epochs=args.admm_epochs, retrain_epochs=args.retrain_epochs,
-        skip_first=not args.prune_first, seed=args.seed, batch_size=batch_size,
+        skip_first=not args.prune_first, seed=args.seed, batch_size=batch_size, **layer_options(args),
     )  # fmt: skip
     if runtime.distributed:
         log(f"data-parallel on {runtime.world_size} ranks ({distributed.backend_for(runtime.device)}, "
@@ -167,6 +188,7 @@ def _run(args, inputs: Inputs, runtime: distributed.Runtime, log):
         "patterns": result.library.k,
         "taps": result.library.n,
         "connectivity": args.connectivity,
+        **layer_options(args),
         "world_size": runtime.world_size,
         "device": runtime.device.type,
         "batch_size": batch_size,
@@ -193,10 +215,12 @@ def print_report(report: dict, out: Path) -> None:
         value = report[key]
         delta = "" if key == "dense_accuracy" else f"{100 * (value - dense):+.2f} pts"
         print(f"  {label:<25} {100 * value:7.2f}%   {delta}")
-    print("\n  conv                  kept / total kernels   pruned")
+    print("\n  layer                type        density   kept / total kernels   pruned")
     for layer in report["layers"]:
         note = "yes" if layer["pruned"] else f"no ({layer.get('reason', '')})"
-        print(f"  {layer['name']:<20} {layer['kept_kernels']:>6} / {layer['total_kernels']:<6}        {note}")
+        kernels = f"{layer['kept_kernels']:>6} / {layer['total_kernels']:<6}" if "kept_kernels" in layer else " " * 15
+        print(f"  {layer['name']:<20} {layer.get('type', ''):<10} {layer.get('density', 1.0):8.3f}   {kernels}"
+              f"        {note}")  # fmt: skip
     world = report.get("world_size", 1)
     print(f"\n  {world} rank{'s' if world > 1 else ''} on {report.get('device', 'cpu')}; "
           f"{report['seconds']:.0f} s")  # fmt: skip

@@ -4,9 +4,16 @@
   The closest point keeps, per kernel, the pattern holding the most L2 norm.
 * Connectivity set S': at most ``keep`` non-zero kernels per layer.
   The closest point keeps the ``keep`` kernels of largest L2 norm.
+* Block connectivity (1x1 convs, linear layers): output channels in consecutive blocks of G rows, every row
+  of a block keeping the same ``keep`` input columns, so one input load feeds G accumulators in the kernel.
+  The closest point keeps, per block, the columns of largest L2 norm over the block's rows. G = 1 lets each
+  row pick its own columns; ``"unstructured"`` keeps the largest entries of the whole weight.
+* Depthwise 3x3 convs use the pattern set: ``pattern_mask`` works on (C, 1, 3, 3) weights as on any other.
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 
@@ -65,3 +72,62 @@ def _check(weight: torch.Tensor, patterns: torch.Tensor) -> None:
         raise PatternError(f"expected a conv weight of shape (O, I, 3, 3), got {tuple(weight.shape)}")
     if patterns.dim() != 3 or tuple(patterns.shape[1:]) != (3, 3):
         raise PatternError(f"expected patterns of shape (K, 3, 3), got {tuple(patterns.shape)}")
+
+
+# ---------------------------------------------------------------------------------------------- 1x1 convs and FC
+
+UNSTRUCTURED = "unstructured"
+Block = int | str  # G rows per block, or UNSTRUCTURED
+
+
+def check_block(block: Block) -> Block:
+    """``block`` if it is a valid block size (an int >= 1) or ``"unstructured"``."""
+    if block == UNSTRUCTURED or (isinstance(block, int) and not isinstance(block, bool) and block >= 1):
+        return block
+    raise PatternError(f"block must be an int >= 1 (output channels sharing their inputs) or "
+                       f"{UNSTRUCTURED!r}, got {block!r}")  # fmt: skip
+
+
+def kept_columns(weight_shape: tuple[int, ...], alpha: float, block: Block) -> int:
+    """Weights kept per block row (block connectivity: input columns; unstructured: entries of the whole layer)."""
+    total = weight_shape[1] if check_block(block) != UNSTRUCTURED else math.prod(weight_shape)
+    return max(1, round(total / check_alpha(alpha)))
+
+
+def block_mask(weight: torch.Tensor, keep: int, block: Block) -> torch.Tensor:
+    """Mask (same shape) of the nearest weight with block connectivity: ``keep`` shared columns per ``block`` rows.
+
+    ``weight`` is (O, I) or (O, I, 1, 1). Rows ``[bG, (b+1)G)`` keep the same ``keep`` input columns, those of
+    largest L2 norm over the block's rows (ties: lowest column): the kept energy is a sum of column scores, so
+    the top columns are the Euclidean projection. ``"unstructured"`` keeps the ``keep`` largest entries.
+    """
+    _check_matrix(weight)
+    w = weight.detach().reshape(weight.shape[0], weight.shape[1]).double()
+    if check_block(block) == UNSTRUCTURED:
+        return _top(w.square().flatten(), keep).view(weight.shape)
+    out, cols = w.shape
+    if not 1 <= keep <= cols:
+        raise PatternError(f"cannot keep {keep} of {cols} input columns")
+    rows = torch.arange(out, device=w.device) // block
+    scores = torch.zeros(int(rows[-1]) + 1, cols, dtype=w.dtype, device=w.device).index_add_(0, rows, w.square())
+    order = torch.sort(-scores, dim=1, stable=True).indices[:, :keep]
+    chosen = torch.zeros_like(scores, dtype=torch.bool).scatter_(1, order, True)
+    return chosen[rows].view(weight.shape)
+
+
+def project_block(weight: torch.Tensor, keep: int, block: Block) -> torch.Tensor:
+    """Closest tensor to ``weight`` with block connectivity (see ``block_mask``)."""
+    return weight * block_mask(weight, keep, block)
+
+
+def _top(scores: torch.Tensor, keep: int) -> torch.Tensor:
+    if not 1 <= keep <= scores.numel():
+        raise PatternError(f"cannot keep {keep} of {scores.numel()} weights")
+    mask = torch.zeros(scores.numel(), dtype=torch.bool, device=scores.device)
+    mask[torch.sort(-scores, stable=True).indices[:keep]] = True
+    return mask
+
+
+def _check_matrix(weight: torch.Tensor) -> None:
+    if not (weight.dim() == 2 or (weight.dim() == 4 and tuple(weight.shape[2:]) == (1, 1))):
+        raise PatternError(f"expected a linear (O, I) or 1x1 conv (O, I, 1, 1) weight, got {tuple(weight.shape)}")

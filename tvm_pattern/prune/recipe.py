@@ -1,8 +1,10 @@
 """The pruning recipe: dense model -> pattern library -> ADMM + masked retraining, twice.
 
-Stage 1 prunes to patterns only (``pattern_accuracy``); stage 2 starts from it and adds
-connectivity pruning (``final_accuracy``). Each stage runs ADMM, hard-prunes with the
-projections' masks, then retrains with the masks held and the optimiser state masked.
+Stage 1 prunes to patterns only (``pattern_accuracy``): 3x3 convs, and depthwise convs if asked; stage 2
+starts from it and adds connectivity pruning (``final_accuracy``): kernels of the 3x3 convs, and input columns
+of the 1x1 convs and linear layers at their own rates (``pointwise``, ``linear``, in blocks of ``block``).
+Each stage runs ADMM, hard-prunes with the projections' masks, then retrains with the masks held and the
+optimiser state masked.
 
 Everything runs on ``runtime.device`` and, under ``torchrun``, data-parallel (see ``training``). With a
 ``Checkpointer`` the recipe saves its state at every phase boundary and periodically inside phases, and
@@ -20,10 +22,11 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from ..sparsity.library import PatternLibrary
+from ..sparsity.library import PatternLibrary, candidate_patterns
 from .distributed import Runtime
+from .projection import Block
 from .resume import Checkpointer, set_rng_state
-from .sparsifier import Connectivity, PatternSparsifier, apply_masks, conv_eligibility, mask_optimizer
+from .sparsifier import Connectivity, PatternSparsifier, Rate, apply_masks, layer_types, mask_optimizer
 from .training import default_runtime, evaluate, steps_per_epoch, train
 
 PHASES = ("dense", "patterns:admm", "patterns:retrain", "connectivity:admm", "connectivity:retrain", "done")
@@ -46,6 +49,11 @@ class PruneConfig:
     batch_size: int = 128
     skip_first: bool = True
     seed: int = 0
+    pointwise: Rate = None  # alpha for the 1x1 convs (None: dense)
+    linear: Rate = None  # alpha for the linear layers (None: dense)
+    depthwise_patterns: bool = False
+    block: Block = 4  # output channels sharing their kept input columns (1x1 / linear), or "unstructured"
+    skip_last: bool = True  # the classifier's last layer stays dense
 
 
 @dataclass
@@ -61,12 +69,22 @@ class PruneResult:
     layers: list[dict] = field(default_factory=list)
 
 
-def extract_library(model: nn.Module, k: int = 8, n: int = 4, skip_first: bool = True) -> PatternLibrary:
-    """The ``k`` most frequent best-fitting patterns over the model's prunable 3x3 kernels (any device)."""
+def extract_library(
+    model: nn.Module, k: int = 8, n: int = 4, skip_first: bool = True, depthwise: bool = False, skip_last: bool = True
+) -> PatternLibrary:
+    """The ``k`` most frequent best-fitting patterns over the model's prunable 3x3 kernels (any device).
+
+    ``depthwise``: count the depthwise kernels too (they keep the same library). A model without any prunable
+    3x3 kernel (only 1x1 / linear layers pruned) gets the first ``k`` candidates, which nothing uses.
+    """
     modules = dict(model.named_modules())
-    names = [name for name, why in conv_eligibility(model, skip_first).items() if why is None]
+    kinds = ("conv3x3", "depthwise") if depthwise else ("conv3x3",)
+    names = [name for name, (kind, why) in layer_types(model, skip_first, skip_last).items()
+             if why is None and kind in kinds]  # fmt: skip
     kernels = [modules[name].weight.detach().reshape(-1, 3, 3).float().cpu().numpy() for name in names]
-    return PatternLibrary.extract(np.concatenate(kernels) if kernels else np.zeros((0, 3, 3)), k=k, n=n)
+    if not kernels:
+        return PatternLibrary(candidate_patterns(n)[:k])
+    return PatternLibrary.extract(np.concatenate(kernels), k=k, n=n)
 
 
 class _Saver:
@@ -127,8 +145,12 @@ def prune_stage(
     runtime: Runtime | None = None,
     saver: _Saver | None = None,
     resume: dict | None = None,
+    layer_rates: bool | None = None,
 ) -> dict[str, torch.Tensor]:
     """ADMM towards the constraint sets, hard-prune, retrain with masks held; returns the masks.
+
+    ``connectivity`` is the 3x3 convs' rate; ``layer_rates`` whether the 1x1 / linear rates of ``config`` apply
+    too (default: when ``connectivity`` is given). Depthwise patterns follow ``config`` in every stage.
 
     With ``saver``, checkpoints part-way and at ``{name}:retrain``; ``resume`` continues a checkpoint of
     phase ``{name}:admm`` or ``{name}:retrain``.
@@ -136,15 +158,18 @@ def prune_stage(
     runtime = default_runtime(model, runtime)
     model.to(runtime.device)
     saver = saver or _Saver(None, "", model, {})
+    rates = connectivity is not None if layer_rates is None else layer_rates
     sparsifier = PatternSparsifier(
-        library, connectivity, rho=config.rho, rho_growth=config.rho_growth, skip_first=config.skip_first
-    )
+        library, connectivity, rho=config.rho, rho_growth=config.rho_growth, skip_first=config.skip_first,
+        pointwise=config.pointwise if rates else None, linear=config.linear if rates else None,
+        depthwise_patterns=config.depthwise_patterns, block=config.block, skip_last=config.skip_last,
+    )  # fmt: skip
     phase = resume["phase"] if resume is not None else f"{name}:admm"
     if phase == f"{name}:admm":
         admm_loop = _loop_for(resume, phase)
         if resume is not None:
             model.load_state_dict(resume["model"])
-        sparsifier.prepare(model)
+        sparsifier.prepare(model, allow_empty=True)  # e.g. no 3x3 conv: stage 1 prunes nothing
         if admm_loop is not None:
             sparsifier.load_state_dict(resume["sparsifier"])
         interval = max(1, int(config.admm_epochs * steps_per_epoch(train_split, config.batch_size, runtime)
@@ -208,7 +233,8 @@ def prune(
         torch.manual_seed(config.seed)
         model.to(runtime.device)
         results["dense_accuracy"] = evaluate(model, test_split, runtime=runtime)
-        library = extract_library(model, config.patterns, config.taps, config.skip_first)
+        library = extract_library(model, config.patterns, config.taps, config.skip_first,
+                                  config.depthwise_patterns, config.skip_last)  # fmt: skip
     else:
         library = PatternLibrary.from_json(resume["library"])
     log(f"dense accuracy {results['dense_accuracy']:.4f}")
@@ -221,7 +247,7 @@ def prune(
         if resume is None:
             saver.save()  # the first checkpoint: dense model, library, dense accuracy
         prune_stage(current, train_split, library, None, config, "patterns", progress,
-                    runtime=runtime, saver=saver, resume=resume)  # fmt: skip
+                    runtime=runtime, saver=saver, resume=resume, layer_rates=False)  # fmt: skip
         results["pattern_accuracy"] = evaluate(current, test_split, runtime=runtime)
         resume = None
         _Saver(checkpoint, "connectivity:admm", current, extra).save()
@@ -230,7 +256,7 @@ def prune(
     if phase != "done":
         saver = _Saver(checkpoint, "connectivity:admm", current, extra)
         masks = prune_stage(current, train_split, library, config.connectivity, config, "connectivity", progress,
-                            runtime=runtime, saver=saver, resume=resume)  # fmt: skip
+                            runtime=runtime, saver=saver, resume=resume, layer_rates=True)  # fmt: skip
         results["final_accuracy"] = evaluate(current, test_split, runtime=runtime)
         extra["masks"] = {k: v.cpu() for k, v in masks.items()}
         _Saver(checkpoint, "done", current, extra).save()
@@ -240,21 +266,41 @@ def prune(
     log(f"patterns + connectivity accuracy {results['final_accuracy']:.4f}")
     return PruneResult(
         current, library, masks, results["dense_accuracy"], results["pattern_accuracy"], results["final_accuracy"],
-        layer_report(current, masks, config.skip_first),
+        layer_report(current, masks, config.skip_first, config.skip_last, dense_reasons(current, library, config)),
     )  # fmt: skip
 
 
-def layer_report(model: nn.Module, masks: Mapping[str, torch.Tensor], skip_first: bool = True) -> list[dict]:
-    """One entry per conv: name, kept/total kernels, whether pruned, and why not."""
+def dense_reasons(model: nn.Module, library: PatternLibrary, config: PruneConfig) -> dict[str, str]:
+    """Why each layer the recipe leaves dense stays dense (its type, its position, or an option not given)."""
+    sparsifier = PatternSparsifier(
+        library, config.connectivity, skip_first=config.skip_first, pointwise=config.pointwise,
+        linear=config.linear, depthwise_patterns=config.depthwise_patterns, block=config.block,
+        skip_last=config.skip_last,
+    )  # fmt: skip
+    return {name: why for name, (_, why) in sparsifier.plan(model).items() if why is not None}
+
+
+def layer_report(
+    model: nn.Module, masks: Mapping[str, torch.Tensor], skip_first: bool = True, skip_last: bool = True,
+    reasons: Mapping[str, str] | None = None,
+) -> list[dict]:  # fmt: skip
+    """One entry per conv and linear layer: name, type, shape, non-zero weights and density, whether pruned, and
+    why not (``reasons``, e.g. a sparsifier's ``skipped``, else the layer type's own reason).
+
+    Convs also get kept/total kernels (a kernel is kept if any of its taps is non-zero).
+    """
     modules = dict(model.named_modules())
+    reasons = reasons or {}
     report = []
-    for name, why in conv_eligibility(model, skip_first).items():
+    for name, (kind, why) in layer_types(model, skip_first, skip_last).items():
         weight = modules[name].weight.detach()
-        total = weight.shape[0] * weight.shape[1]
-        kept = int((weight.flatten(2) != 0).any(-1).sum())
-        entry = {"name": name, "kept_kernels": kept, "total_kernels": total, "pruned": name in masks}
-        entry["shape"] = list(weight.shape)
+        nonzero = int((weight != 0).sum())
+        entry = {"name": name, "type": kind, "shape": list(weight.shape), "nonzeros": nonzero,
+                 "weights": weight.numel(), "density": nonzero / weight.numel(), "pruned": name in masks}  # fmt: skip
+        if weight.dim() == 4:
+            entry["kept_kernels"] = int((weight.flatten(2) != 0).any(-1).sum())
+            entry["total_kernels"] = weight.shape[0] * weight.shape[1]
         if name not in masks:
-            entry["reason"] = why or "not pruned"
+            entry["reason"] = reasons.get(name) or why or "not pruned"
         report.append(entry)
     return report
