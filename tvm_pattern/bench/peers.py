@@ -171,10 +171,13 @@ def run_model_bench(
     runtimes: list[str] | None = None,
     echo=print,
     timeout: float = TIMEOUT_S,
+    database: str | os.PathLike | None = None,
 ) -> dict:
     """Benchmark ``model`` (a built-in name or an ONNX file) on every runtime; print a table, write JSON.
 
-    ``runtimes`` restricts the set (default: all). Returns the JSON dict.
+    ``runtimes`` restricts the set (default: all). ``database``: ours compiles with this tuning work directory
+    (``tvm-pattern tune`` on the same model: a built-in model is the same ONNX for the same seed, size, scale and
+    compression). Returns the JSON dict.
     """
     from .profile import breakdown_chart, breakdown_table
 
@@ -186,6 +189,8 @@ def run_model_bench(
         raise TvmPatternError(f"--threads {threads}: must be at least 1")
     if json_path and not Path(json_path).parent.is_dir():  # found now, not after every runtime has run
         raise TvmPatternError(f"--json {json_path}: no folder {Path(json_path).parent}")
+    if database is not None and not Path(database).is_dir():
+        raise TvmPatternError(f"--db {database}: no such tuning work directory")
     chosen = list(RUNTIMES) if runtimes is None else runtimes
     unknown = sorted(set(chosen) - set(RUNTIMES))
     if unknown:
@@ -220,7 +225,8 @@ def run_model_bench(
             spec = {"runtime": name, "onnx": str(prep["onnx"]), "input": str(work / "input.npy"), "threads": threads,
                     "warmup": warmup, "repeats": repeats, "output": str(work / f"out-{name}.npy"),
                     "result": str(work / f"result-{name}.json"), "lib": str(work / "ours.so"),
-                    "model": model, "kwargs": prep.get("kwargs"), "weights": str(prep.get("weights"))}  # fmt: skip
+                    "model": model, "kwargs": prep.get("kwargs"), "weights": str(prep.get("weights")),
+                    "db": None if database is None else str(Path(database).resolve())}  # fmt: skip
             spec_path = work / f"spec-{name}.json"
             spec_path.write_text(json.dumps(spec))
             if name in ("ours", "pytorch"):
@@ -275,6 +281,8 @@ def run_model_bench(
     }
     if scale != 1.0:
         result["scale"] = scale
+    if database is not None:
+        result["database"] = str(database)
     echo(table(result))
     if ours.get("breakdown"):
         echo("\ntvm-pattern: time per op type (VM instrument hook, mean of 3 runs)")
@@ -316,6 +324,8 @@ def table(result: dict) -> str:
         err = "-" if r.get("max_rel_err") is None else f"{r['max_rel_err']:.1e}"
         note = f"compile {r['compile_s']:.1f} s, {r['sparse_convs']}/{r['convs']} convs sparse" \
             if r["runtime"] == "ours" else r.get("version", "")  # fmt: skip
+        if r.get("database"):
+            note = f"{note}, tuned: {r['tuned']['sparse']} sparse + {r['tuned']['dense']} dense kernels from --db"
         if r["runtime"] == ref:
             note = f"{note} (reference)"
         lines.append(f"{r['label']:<30}{r['median_ms']:>10.2f}{r['speedup_vs_reference']:>17.2f}x{err:>14}  {note}")

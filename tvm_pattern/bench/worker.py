@@ -30,8 +30,10 @@ def _ours_worker(spec: dict) -> dict:
     os.environ["TVM_NUM_THREADS"] = str(threads)  # already set by the parent; before the first run either way
     target = "x86" if threads == host_cores() else host_target(threads)
     reports: list = []
+    tuned_dense: list = []
     t0, c0 = time.perf_counter(), time.process_time()
-    lib = compiler.compile_file(spec["onnx"], target, spec["lib"], reports=reports)
+    lib = compiler.compile_file(spec["onnx"], target, spec["lib"], reports=reports, database=spec.get("db"),
+                                tuned_dense=tuned_dense)  # fmt: skip
     compile_s, compile_cpu_s = time.perf_counter() - t0, time.process_time() - c0
     model = compiler.load(lib)
     x = tvm.runtime.tensor(np.load(spec["input"]), model.device)
@@ -43,7 +45,8 @@ def _ours_worker(spec: dict) -> dict:
         "setup_s": compile_s, "compile_s": compile_s, "compile_cpu_s": compile_cpu_s,
         "info": {"target": str(resolve_target(target))},
         "sparse_convs": sum(bool(getattr(r, "sparse", False)) for r in reports), "convs": len(reports),
-        "breakdown": rows,
+        "breakdown": rows, "database": spec.get("db"),
+        "tuned": {"sparse": sum(bool(getattr(r, "tuned", False)) for r in reports), "dense": len(tuned_dense)},
     }  # fmt: skip
 
 

@@ -36,6 +36,8 @@ def register(sub) -> None:
                    "openvino,openvino-default,deepsparse")  # fmt: skip
     p.add_argument("--size", type=int, default=224, help="--model (built-in): input height = width (default 224)")
     p.add_argument("--scale", type=float, default=1.0, help="--model (built-in): channel widths x this (quick checks)")
+    p.add_argument("--db", help="--model: compile ours with this tuning work directory (`tvm-pattern tune` of "
+                   "the same model)")  # fmt: skip
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.add_argument("--tuned", action="store_true", help="tuned vs untuned kernel for --layers of VGG-16 instead")
     p.add_argument("--layers", default="conv2_2,conv3_2,conv4_2", help="VGG-16 layers for --tuned")
@@ -53,13 +55,17 @@ def run(args: argparse.Namespace) -> int:
         compression = None if args.compression in (None, "none") else args.compression
         runtimes = [r.strip() for r in args.runtimes.split(",") if r.strip()] if args.runtimes else None
         result = run_model_bench(args.model, compression, args.json, threads=args.threads, repeats=args.repeats,
-                                 warmup=args.warmup, size=args.size, scale=args.scale, runtimes=runtimes)  # fmt: skip
+                                 warmup=args.warmup, size=args.size, scale=args.scale, runtimes=runtimes,
+                                 database=args.db)  # fmt: skip
         ours = next((r for r in result["runtimes"] if r["runtime"] == "ours"), None)
         if ours is not None and ours["status"] == "failed":
             return 1
         return 1 if result["ours_within_tolerance"] is False else 0
 
     from ..bench import run_bench, run_tuned_bench
+
+    if args.db is not None:
+        raise TvmPatternError("--db applies to --model only (--tuned tunes its own layers into --work-dir)")
 
     if args.compression == "none":
         raise TvmPatternError("--compression none applies to --model only; --suite and --tuned take 2.25 or 8")

@@ -274,8 +274,8 @@ def tune_file(
     tasks = extract_tasks(import_onnx(onnx_path), target, patterns, ops=ops)
     if echo:
         kinds = Counter(_kind(t) for t in tasks)
-        what = ", ".join(f"{n} {kind}" for kind, n in kinds.items()) or "nothing"
-        echo(f"{len(tasks)} distinct task(s) to tune ({what}), {trials} trials each, database in {work_dir}")
+        echo(f"{kinds['sparse']} distinct pattern-sparse layer(s), {kinds['dense']} dense layer(s) and "
+             f"{kinds['op']} other op(s) to tune ({len(tasks)} tasks), {trials} trials each, database in {work_dir}")
     results = tune(tasks, target, work_dir, trials, tracker, key, **options)
     if echo:
         for result in results:
@@ -285,5 +285,5 @@ def tune_file(
 
 def _kind(task: TuningTask) -> str:
     if isinstance(task, OpTask):
-        return "other op(s)"
-    return "dense layer(s)" if isinstance(task, DenseTuningTask) else "pattern-sparse layer(s)"
+        return "op"
+    return "dense" if isinstance(task, DenseTuningTask) else "sparse"
