@@ -112,7 +112,7 @@ def _pack_row(s: Script, cx: _Ctx, ph: int, pws: list[int], v: int) -> None:
     """Copy input row ``y{ph}`` into slab row ``i`` of phase ``ph`` for column phases ``pws``."""
     g = cx.g
     lo, hi = _column_range(g)
-    chunks = _chunks(lo, hi, v)
+    chunks = _chunks(lo, hi, v) if v > 1 else []  # one lane: literal scalar copies
     covered = set() if not chunks else set(range(lo, hi + 1))
     for j0 in chunks:
         ramp = f"T.Ramp({j0 * g.sw - g.left}, 1, {v * g.sw})" if g.sw > 1 else f"T.Ramp({j0 - g.left}, 1, {v})"

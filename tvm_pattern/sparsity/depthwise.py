@@ -59,12 +59,16 @@ class DepthwisePatterns:
 
     def weight_starts(self) -> np.ndarray:
         """(P + 1,) where each group's weights begin in ``weights``."""
-        sizes = self.counts()[:-1] * self.patterns.reshape(self.k, -1).sum(axis=1)
+        sizes = self.counts()[:-1] * self.tap_counts()
         return np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
+
+    def tap_counts(self) -> np.ndarray:
+        """(P,) taps per pattern."""
+        return self.patterns.reshape(self.k, -1).sum(axis=1) if self.k else np.zeros(0, np.int64)
 
     @property
     def max_taps(self) -> int:
-        return int(self.patterns.reshape(self.k, -1).sum(axis=1).max()) if self.k else 0
+        return int(self.tap_counts().max()) if self.k else 0
 
 
 def _check(weight: np.ndarray) -> np.ndarray:
