@@ -5,6 +5,7 @@ the target's lanes, vector registers and cores (``dense_cpu.cpu_info``), and the
   weight's block height ``G``; a block taller than the registers allow is done in ``G / MR`` passes), block
   chunks sized so a chunk's weights stay in L2 while the pixel tiles stream, at least two items per thread;
 - ``linear_knobs``: enough independent accumulator chains to hide the FMA latency, one thread per core;
+- ``gpu_conv2d`` / ``gpu_linear``: the OpenCL (Mali) variants, ``GPU_THREADS`` threads per work-group;
 - ``MAX_DENSITY``: above this stored-weight density (padding zeros included) the dense kernel is faster.
 """
 
@@ -16,10 +17,13 @@ import numpy as np
 
 from tvm_pattern.kernels.block_sparse import (
     BlockConvKnobs,
+    BlockGpuKnobs,
     BlockLinearKnobs,
     ConvShape,
     block_sparse_conv2d,
+    block_sparse_conv2d_gpu,
     block_sparse_linear,
+    block_sparse_linear_gpu,
     conv_shape,
     fit_conv_knobs,
 )
@@ -28,11 +32,13 @@ from tvm_pattern.sparsity.blocks import BlockSparse
 
 from .dense_cpu import CpuInfo, cpu_info
 
-__all__ = ["FMA_LATENCY", "MAX_DENSITY", "NAME", "conv2d", "conv2d_knobs", "linear", "linear_knobs"]
+__all__ = ["FMA_LATENCY", "GPU_THREADS", "MAX_DENSITY", "NAME", "conv2d", "conv2d_knobs", "gpu_conv2d", "gpu_linear",
+           "linear", "linear_knobs"]  # fmt: skip
 
 NAME = "block_sparse"
 MAX_DENSITY = 0.4  # the sparse kernels pay below this density (measured: /work/notes/bench_block_sparse.py)
 FMA_LATENCY = 4  # cycles; each accumulator takes one FMA per kept column, so a step lasts at least this long
+GPU_THREADS = 64  # work-group size of the OpenCL variants
 CHUNK_BYTES = 128 << 10  # packed weights per block chunk (kept in L2 while the pixel tiles stream)
 
 
@@ -94,3 +100,16 @@ def linear(packed: BlockSparse, batch: int = 1, bias: np.ndarray | None = None, 
     """``kernels.block_sparse.block_sparse_linear`` with ``knobs`` or the target's defaults."""
     knobs = knobs or linear_knobs(packed, batch, target)
     return block_sparse_linear(packed, knobs, batch, bias, activation)
+
+
+def gpu_conv2d(packed: BlockSparse, data_shape, strides=(1, 1), padding=(0, 0, 0, 0), bias: np.ndarray | None = None,
+               activation=None, residual: bool = False, knobs: BlockGpuKnobs | None = None) -> DenseKernel:
+    """``kernels.block_sparse.block_sparse_conv2d_gpu`` (OpenCL / Mali) with ``knobs`` or the defaults."""
+    knobs = knobs or BlockGpuKnobs(GPU_THREADS)
+    return block_sparse_conv2d_gpu(packed, data_shape, knobs, strides, padding, bias, activation, residual)
+
+
+def gpu_linear(packed: BlockSparse, batch: int = 1, bias: np.ndarray | None = None, activation=None,
+               knobs: BlockGpuKnobs | None = None) -> DenseKernel:
+    """``kernels.block_sparse.block_sparse_linear_gpu`` (OpenCL / Mali) with ``knobs`` or the defaults."""
+    return block_sparse_linear_gpu(packed, knobs or BlockGpuKnobs(GPU_THREADS), batch, bias, activation)

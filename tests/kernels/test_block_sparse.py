@@ -1,5 +1,6 @@
 """Block-sparse 1x1 conv2d and linear kernels (``schedules.block_sparse`` defaults and random knobs) vs PyTorch on
-the same pruned weights: shapes, block heights, densities, strides, padding, batches and every epilogue."""
+the same pruned weights: shapes, block heights, densities, strides, padding, batches and every epilogue; the
+OpenCL (Mali) variants on PoCL."""
 
 import numpy as np
 import pytest
@@ -8,9 +9,11 @@ from helpers.dense import activate, close, run
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from tvm_pattern import opencl
 from tvm_pattern.errors import TvmPatternError
 from tvm_pattern.kernels.block_sparse import BlockConvKnobs, BlockLinearKnobs, block_sparse_conv2d, pad_columns
-from tvm_pattern.schedules.block_sparse import conv2d, conv2d_knobs, linear, linear_knobs
+from tvm_pattern.schedules import mali
+from tvm_pattern.schedules.block_sparse import conv2d, conv2d_knobs, gpu_conv2d, gpu_linear, linear, linear_knobs
 from tvm_pattern.sparsity.blocks import pack, unpack
 
 ACTS = st.sampled_from([None, "relu", "relu6", ("clip", -0.5, 0.5)])
@@ -53,7 +56,7 @@ def test_network_like_layers(c, oc, hw, s, g):
     check_conv(oc, c, hw, hw, g, 1 / 8, (s, s), (0, 0, 0, 0), True, "relu", s == 1)
 
 
-@settings(max_examples=20, deadline=None)
+@settings(max_examples=15, deadline=None)
 @given(oc=st.integers(1, 40), c=st.integers(1, 40), h=st.integers(1, 11), w=st.integers(1, 11), group=GROUPS,
        keep=st.sampled_from([0.0, 0.05, 0.125, 0.3, 1.0]), sh=st.integers(1, 3), sw=st.integers(1, 3),
        pad=st.tuples(*[st.integers(0, 1)] * 4), bias=st.booleans(), act=ACTS, residual=st.booleans(),
@@ -127,3 +130,40 @@ def test_bad_args():
         linear(packed, 1, np.zeros(3, np.float32))
     with pytest.raises(TvmPatternError, match="batch"):
         linear(packed, 0)
+
+
+def run_pocl(kernel, *inputs: np.ndarray) -> np.ndarray:
+    """The GPU kernel's output on PoCL; the output starts as NaN so unwritten elements show."""
+    out = np.full(kernel.out_shape, np.nan, np.float32)
+    return opencl.run_opencl(kernel.func, mali.local_target(), [*inputs, *kernel.arrays, out])[-1]
+
+
+@settings(max_examples=5, deadline=None)
+@given(oc=st.integers(1, 24), c=st.integers(1, 24), hw=st.integers(1, 9), group=GROUPS, stride=st.integers(1, 2),
+       pad=st.integers(0, 1), bias=st.booleans(), act=ACTS, residual=st.booleans(), seed=st.integers(0, 3))
+def test_gpu_conv_on_pocl(oc, c, hw, group, stride, pad, bias, act, residual, seed):
+    rng = np.random.default_rng(seed)
+    weight = block_weight(rng, oc, c, group, 0.25)
+    x = rng.standard_normal((1, c, hw, hw), dtype=np.float32)
+    b = rng.standard_normal(oc, dtype=np.float32) if bias else None
+    k = gpu_conv2d(pack(weight), x.shape, stride, pad, b, act, residual)
+    xt = torch.nn.functional.pad(torch.tensor(x), (pad,) * 4)
+    want = torch.nn.functional.conv2d(xt, torch.tensor(weight).reshape(oc, c, 1, 1),
+                                      None if b is None else torch.tensor(b), stride)  # fmt: skip
+    inputs = [x]
+    if residual:
+        r = rng.standard_normal(want.shape, dtype=np.float32)
+        want, inputs = want + torch.tensor(r), [x, r]
+    close(run_pocl(k, *inputs), activate(want, act))
+
+
+@settings(max_examples=4, deadline=None)
+@given(o=st.integers(1, 40), i=st.integers(1, 60), batch=st.integers(1, 4), group=GROUPS, bias=st.booleans(),
+       act=ACTS, seed=st.integers(0, 3))
+def test_gpu_linear_on_pocl(o, i, batch, group, bias, act, seed):
+    rng = np.random.default_rng(seed)
+    weight = block_weight(rng, o, i, group, 0.2)
+    x = rng.standard_normal((batch, i), dtype=np.float32)
+    b = rng.standard_normal(o, dtype=np.float32) if bias else None
+    want = torch.nn.functional.linear(torch.tensor(x), torch.tensor(weight), None if b is None else torch.tensor(b))
+    close(run_pocl(gpu_linear(pack(weight), batch, b, act), x), activate(want, act))

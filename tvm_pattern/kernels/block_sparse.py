@@ -26,8 +26,13 @@ column one contiguous ``G``-weight vector times the broadcast input ``x[:, c]``.
 contiguous run of blocks (balanced by stored weights) once; each block's columns are padded to a multiple of
 ``U`` with zero weights.
 
+GPU (OpenCL, Mali; ``*_gpu``): a simple variant, one thread per (block, group of 4 pixels) holding ``G x 4``
+accumulators (conv; a strided / padded conv copies its pixels in a first launch), one thread per (batch row,
+block) holding ``G`` (linear).
+
 Calls: ``conv(data, [residual], vals, xoff, offsets, bsplit, [bias], out)``,
-``linear(x, vals, cols, offsets, tsplit, [bias], out)``; ``DenseKernel.arrays`` hold everything between.
+``linear(x, vals, cols, offsets, tsplit, [bias], out)`` (the GPU variants take no ``bsplit`` / ``tsplit``);
+``DenseKernel.arrays`` hold everything between.
 """
 
 from __future__ import annotations
@@ -42,8 +47,9 @@ from ..sparsity.blocks import BlockSparse
 from .dense_common import DenseKernel, check_activation, epilogue, padding4, pair
 from .tvmscript import Script, buffer_param
 
-__all__ = ["BlockConvKnobs", "BlockLinearKnobs", "ConvShape", "balanced_split", "block_sparse_conv2d",
-           "block_sparse_linear", "conv_shape", "fit_conv_knobs", "pad_columns"]  # fmt: skip
+__all__ = ["BlockConvKnobs", "BlockGpuKnobs", "BlockLinearKnobs", "ConvShape", "balanced_split", "block_sparse_conv2d",
+           "block_sparse_conv2d_gpu", "block_sparse_linear", "block_sparse_linear_gpu", "conv_shape", "fit_conv_knobs",
+           "pad_columns"]  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -309,6 +315,137 @@ def block_sparse_linear(packed: BlockSparse, knobs: BlockLinearKnobs, batch: int
     func = _linear_source(padded, int(batch), kn, b is not None, bounds).parse()
     arrays = [_nonempty(padded.values, np.float32), _nonempty(padded.cols, np.int32),
               padded.offsets.astype(np.int32), balanced_split(padded, kn.threads)]  # fmt: skip
+    if b is not None:
+        arrays.append(b)
+    return DenseKernel(func, tuple(arrays), (int(batch), packed.out_features))
+
+
+# ---------------------------------------------------------------------------------------------- GPU (Mali)
+
+@dataclass(frozen=True)
+class BlockGpuKnobs:
+    threads: int  # work-group size (threads per group, along the work items)
+
+
+def _gpu_copy_source(script: Script, s: ConvShape, threads: int) -> None:
+    """Launch 1 (strided / padded convs): the pixels the conv reads as a contiguous (C, OH*OW) buffer."""
+    total = s.n * s.c * s.pixels
+    with script.block(f"for bx in T.thread_binding({-(-total // threads)}, thread='blockIdx.x'):"), \
+            script.block(f"for tx in T.thread_binding({threads}, thread='threadIdx.x'):"):
+        script.line(f"gid: T.let = bx * {threads} + tx")
+        with script.block(f"if gid < {total}:"):
+            script.line(f"cc: T.let = gid // {s.pixels}", f"i: T.let = gid % {s.pixels} // {s.ow} * {s.sh} - {s.top}",
+                        f"j: T.let = gid % {s.ow} * {s.sw} - {s.left}")  # fmt: skip
+            script.line(f"xs[gid] = T.if_then_else(0 <= i and i < {s.h} and 0 <= j and j < {s.w}, "
+                        f"dflat[cc * {s.h * s.w} + T.max(T.min(i, {s.h - 1}), 0) * {s.w} + T.max(T.min(j, {s.w - 1}), "
+                        f"0)], T.float32(0))")  # fmt: skip
+
+
+def _gpu_conv_source(s: ConvShape, packed: BlockSparse, kn: BlockGpuKnobs, bias: bool, residual: bool,
+                     bounds) -> Script:
+    """One thread per (image, block, group of ``lanes`` pixels): ``G x lanes`` accumulators in registers."""
+    g, lanes = packed.group, min(4, s.pixels)
+    groups = -(-s.pixels // lanes)
+    items = s.n * packed.blocks * groups
+    out_shape = (s.n, s.oc, s.oh, s.ow)
+    params = [buffer_param("data", (s.n, s.c, s.h, s.w))]
+    if residual:
+        params.append(buffer_param("res", out_shape))
+    params += [buffer_param("vals", (max(1, packed.stored),)),
+               buffer_param("xoff", (max(1, len(packed.cols)),), "int32"),
+               buffer_param("offsets", (packed.blocks + 1,), "int32")]  # fmt: skip
+    if bias:
+        params.append(buffer_param("bias", (packed.blocks * g,)))
+    params.append(buffer_param("out", out_shape))
+    script = Script()
+    p0 = f"T.min(pg * {lanes}, {s.pixels - lanes})" if s.pixels % lanes else f"pg * {lanes}"
+    with script.prim_func("block_sparse_conv2d_gpu", params, {"tirx.noalias": True}):
+        script.line(f"dflat = T.decl_buffer(({s.n * s.c * s.h * s.w},), 'float32', data=data.data)",
+                    f"oflat = T.decl_buffer(({s.n * s.oc * s.pixels},), 'float32', data=out.data)")
+        if residual:
+            script.line(f"rflat = T.decl_buffer(({s.n * s.oc * s.pixels},), 'float32', data=res.data)")
+        src = "dflat"
+        if not s.direct:
+            script.line(f"xs = T.alloc_buffer(({s.n * s.c * s.pixels},), 'float32')")
+            _gpu_copy_source(script, s, kn.threads)
+            src = "xs"
+        with script.block(f"for bx in T.thread_binding({-(-items // kn.threads)}, thread='blockIdx.x'):"), \
+                script.block(f"for tx in T.thread_binding({kn.threads}, thread='threadIdx.x'):"):
+            script.line(f"gid: T.let = bx * {kn.threads} + tx")
+            with script.block(f"if gid < {items}:"):
+                script.line(f"b: T.let = gid // {packed.blocks * groups}",
+                            f"blk: T.let = gid // {groups} % {packed.blocks}", f"pg: T.let = gid % {groups}",
+                            f"p0: T.let = {p0}", "e0: T.let = offsets[blk]",
+                            f"acc = T.alloc_buffer(({g}, {lanes}), 'float32', scope='local')")
+                with script.block(f"for m in T.unroll({g}):"), script.block(f"for l in T.unroll({lanes}):"):
+                    script.line(f"acc[m, l] = {f'bias[blk * {g} + m]' if bias else 'T.float32(0)'}")
+                with script.block("for k in range(offsets[blk + 1] - e0):"):
+                    script.line("e: T.let = e0 + k", f"xo: T.let = b * {s.c * s.pixels} + xoff[e] + p0")
+                    with script.block(f"for m in T.unroll({g}):"), script.block(f"for l in T.unroll({lanes}):"):
+                        script.line(f"acc[m, l] = acc[m, l] + vals[e * {g} + m] * {src}[xo + l]")
+                rows = script.block(f"if blk * {g} + m < {s.oc}:") if s.oc % g else contextlib.nullcontext()
+                with script.block(f"for m in T.unroll({g}):"), rows:
+                    script.line(f"ob: T.let = (b * {s.oc} + blk * {g} + m) * {s.pixels} + p0")
+                    value = "acc[m, l]" + (" + rflat[ob + l]" if residual else "")
+                    with script.block(f"for l in T.unroll({lanes}):"):
+                        script.line(f"oflat[ob + l] = {epilogue(value, bounds)}")
+    return script
+
+
+def block_sparse_conv2d_gpu(packed: BlockSparse, data_shape, knobs: BlockGpuKnobs, strides=(1, 1),
+                            padding=(0, 0, 0, 0), bias: np.ndarray | None = None, activation=None,
+                            residual: bool = False) -> DenseKernel:
+    """``block_sparse_conv2d`` for OpenCL GPUs (Mali): call ``func(data, [residual], vals, xoff, offsets, [bias],
+    out)``."""
+    s = conv_shape(packed, data_shape, strides, padding)
+    bounds = check_activation(activation)
+    b = _padded_bias(bias, packed)
+    func = _gpu_conv_source(s, packed, knobs, b is not None, residual, bounds).parse()
+    arrays = [_nonempty(packed.values, np.float32), _nonempty(packed.cols.astype(np.int64) * s.pixels, np.int32),
+              packed.offsets.astype(np.int32)]  # fmt: skip
+    if b is not None:
+        arrays.append(b)
+    return DenseKernel(func, tuple(arrays), (s.n, s.oc, s.oh, s.ow))
+
+
+def _gpu_linear_source(packed: BlockSparse, batch: int, kn: BlockGpuKnobs, bias: bool, bounds) -> Script:
+    """One thread per (batch row, block): ``G`` accumulators, the block's weights read column by column."""
+    g, o = packed.group, packed.out_features
+    items = batch * packed.blocks
+    params = [buffer_param("x", (batch, packed.in_features)), buffer_param("vals", (max(1, packed.stored),)),
+              buffer_param("cols", (max(1, len(packed.cols)),), "int32"),
+              buffer_param("offsets", (packed.blocks + 1,), "int32")]  # fmt: skip
+    if bias:
+        params.append(buffer_param("bias", (packed.blocks * g,)))
+    params.append(buffer_param("out", (batch, o)))
+    script = Script()
+    with script.prim_func("block_sparse_linear_gpu", params, {"tirx.noalias": True}), \
+            script.block(f"for bx in T.thread_binding({-(-items // kn.threads)}, thread='blockIdx.x'):"), \
+            script.block(f"for tx in T.thread_binding({kn.threads}, thread='threadIdx.x'):"):
+        script.line(f"gid: T.let = bx * {kn.threads} + tx")
+        with script.block(f"if gid < {items}:"):
+            script.line(f"bb: T.let = gid // {packed.blocks}", f"blk: T.let = gid % {packed.blocks}",
+                        "e0: T.let = offsets[blk]", f"acc = T.alloc_buffer(({g},), 'float32', scope='local')")
+            with script.block(f"for m in T.unroll({g}):"):
+                script.line(f"acc[m] = {f'bias[blk * {g} + m]' if bias else 'T.float32(0)'}")
+            with script.block("for k in range(offsets[blk + 1] - e0):"):
+                script.line("e: T.let = e0 + k", "xv: T.let = x[bb, cols[e]]")
+                with script.block(f"for m in T.unroll({g}):"):
+                    script.line(f"acc[m] = acc[m] + vals[e * {g} + m] * xv")
+            with script.block(f"for m in T.unroll({g}):"), script.block(f"if blk * {g} + m < {o}:"):
+                script.line(f"out[bb, blk * {g} + m] = {epilogue('acc[m]', bounds)}")
+    return script
+
+
+def block_sparse_linear_gpu(packed: BlockSparse, knobs: BlockGpuKnobs, batch: int = 1,
+                            bias: np.ndarray | None = None, activation=None) -> DenseKernel:
+    """``block_sparse_linear`` for OpenCL GPUs (Mali): call ``func(x, vals, cols, offsets, [bias], out)``."""
+    if int(batch) < 1:
+        raise TvmPatternError(f"batch must be >= 1, got {batch}")
+    bounds = check_activation(activation)
+    b = _padded_bias(bias, packed)
+    func = _gpu_linear_source(packed, int(batch), knobs, b is not None, bounds).parse()
+    arrays = [_nonempty(packed.values, np.float32), _nonempty(packed.cols, np.int32), packed.offsets.astype(np.int32)]
     if b is not None:
         arrays.append(b)
     return DenseKernel(func, tuple(arrays), (int(batch), packed.out_features))

@@ -7,9 +7,10 @@ from its zeros (``sparsity.blocks.pack``: the block height ``G`` of least modell
 not trusted); when the stored density (padding zeros included) is at most ``max_density`` it becomes a
 ``call_tir`` of ``schedules.block_sparse``'s kernel, with the epilogue that follows absorbed
 (``epilogue.match_activation_epilogue``: batch_norm folded into the weights, bias, residual add for convs,
-ReLU / ReLU6 / clip). Denser layers are left for ``DenseKernels``; run this pass before it. Kernels are
-``op_pattern`` OPAQUE. ``summary`` holds a ``BlockSparseReport`` per candidate op; ``strict`` refuses a
-sparse-looking candidate the kernels cannot run, like ``PatternSparseConv2d``.
+ReLU / ReLU6 / clip); OpenCL (Mali) targets get the kernels' simple GPU variants. Denser layers are left for
+``DenseKernels``; run this pass before it. Kernels are ``op_pattern`` OPAQUE. ``summary`` holds a
+``BlockSparseReport`` per candidate op; ``strict`` refuses a sparse-looking candidate the kernels cannot run,
+like ``PatternSparseConv2d``.
 """
 
 from __future__ import annotations
@@ -132,7 +133,8 @@ def _check_supported(op: str, call: relax.Call, weight: np.ndarray, data_shape: 
 class BlockSparseDense:
     """Rewrite block-sparse 1x1 conv2d / dense layers (+ epilogue) into ``call_tir`` of block-sparse kernels.
 
-    ``target``: the kernels' target (default: the current one; CPU targets only). ``max_density``: the
+    ``target``: the kernels' target (default: the current one): llvm CPUs, or OpenCL (Mali) for the simple GPU
+    variants. ``max_density``: the
     densest packed weight (padding zeros included) still worth the sparse kernel. ``groups``: candidate block
     heights. ``convs`` / ``linear``: which op kinds to rewrite; ``residual``: absorb residual adds. ``strict``:
     raise ``PatternError`` for a candidate whose weight is sparse enough but cannot run (layout, dtype, batch,
@@ -193,8 +195,8 @@ class BlockSparseDense:
             raise _Dense(f"dense: density {packed.density:.3f} (blocks of {packed.group}) > {self.max_density}")
         _check_supported(op, call, weight, data_shape)
         target = self._target()
-        if target is not None and target.kind.name != "llvm":
-            raise _Dense(f"no block-sparse kernel for {target.kind.name} targets yet", False)
+        if target is not None and target.kind.name not in ("llvm", "opencl"):
+            raise _Dense(f"no block-sparse kernel for {target.kind.name} targets", False)
         weight = weight.astype(np.float32)
         epi = match_activation_epilogue(binding.var, fn, out_shape, claimed, self.residual and op == "conv1x1")
         if epi.scale is not None:  # a per-row scale keeps every zero: the blocks are unchanged
@@ -212,11 +214,17 @@ class BlockSparseDense:
 
     def _kernel(self, op: str, packed: BlockSparse, call: relax.Call, data_shape, epi, target):
         activation = None if epi.bounds is None else ("clip", *epi.bounds)
+        gpu = target is not None and target.kind.name == "opencl"
         try:
             if op == "linear":
+                if gpu:
+                    return block_sparse.gpu_linear(packed, data_shape[0], epi.bias, activation)
                 return block_sparse.linear(packed, data_shape[0], epi.bias, activation, target)
             strides = tuple(int(s) for s in call.attrs.strides)
             padding = tuple(int(p) for p in call.attrs.padding)
+            if gpu:
+                return block_sparse.gpu_conv2d(packed, data_shape, strides, padding, epi.bias, activation,
+                                               epi.residual is not None)  # fmt: skip
             return block_sparse.conv2d(packed, data_shape, strides, padding, epi.bias, activation,
                                        epi.residual is not None, target)  # fmt: skip
         except TvmPatternError as err:
