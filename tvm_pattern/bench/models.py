@@ -7,24 +7,23 @@ random affine parameters and running statistics calibrated on one random batch, 
 trained net's BN does too) and folding BN into convs is exercised.
 
 The builders take a ``scale`` (channel widths) and ``num_classes`` so tests can shrink them; ``export_onnx``
-takes the input size. ``prune_model`` prunes one-shot with the project's projections: 8 four-tap patterns
-extracted from the model's own kernels, and at 8x 1/3.6 of each layer's kernels kept.
+takes the input size. ``prune_model`` prunes one-shot with ``prune.oneshot``'s recipe for every layer type.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from ..errors import TvmPatternError
+from ..errors import ModelError, TvmPatternError
 
 __all__ = ["COMPRESSIONS", "MODELS", "build", "export_onnx", "mobilenet_v2", "prune_model", "resnet50", "vgg16"]
 
-CONNECTIVITY = 3.6  # 8x: patterns (9 -> 4 taps, 2.25x) and 1/3.6 of the kernels
+CONNECTIVITY = 3.6  # 3x3 convs at 8x: patterns (9 -> 4 taps, 2.25x) and 1/3.6 of the kernels
 COMPRESSIONS = {"none": None, "2.25": 2.25, "8": 8.0}
 
 
@@ -250,45 +249,26 @@ def _calibrate_bn(model: nn.Module, x: torch.Tensor) -> None:
 # ---------------------------------------------------------------------------------------------- pruning
 
 
-def prune_model(model: nn.Module, compression: float | None) -> dict:
-    """Prune ``model`` in place, one-shot: every 3x3 non-depthwise conv except the first.
+def prune_model(
+    model: nn.Module, compression: float | None, prune_only: Collection[str] | None = None, block: int | str = 4
+) -> dict:
+    """Prune ``model`` in place, one-shot, to the ``compression`` recipe of ``prune.oneshot`` (every layer type).
 
-    ``compression`` 2.25: every kernel keeps one of 8 four-tap patterns extracted from the model's own kernels
-    (``prune.recipe.extract_library``, ``prune.projection.project_patterns``); 8: also only 1/3.6 of each layer's
-    kernels, the largest by norm (``project_connectivity``). None: nothing. Returns a report: the library
-    (``patterns.json`` form) and per conv ``kept_kernels`` / ``total_kernels``, or why it stayed dense.
+    8: 3x3 convs 8 patterns extracted from the model's own kernels + 1/3.6 of the kernels, 1x1 convs and FC
+    layers 1/8 of their input columns in blocks of ``block`` output channels, depthwise convs patterns; 2.25:
+    patterns, and 1x1 / FC at 2.25x. The first conv and the last FC stay dense. ``prune_only`` (e.g.
+    ``("conv3x3",)``, as for the issue-11 figures) limits it to some layer types. None: nothing. Returns the
+    report: the library (``patterns.json`` form) and per layer its type, density, kept kernels, or why dense.
     """
     if compression is None:
         return {"compression": None, "layers": []}
-    if compression not in (2.25, 8.0):
-        raise TvmPatternError(f"compression must be none, 2.25 or 8, got {compression}")
-    from ..prune.projection import kept_kernels, project_connectivity, project_patterns
-    from ..prune.recipe import extract_library
-    from ..prune.sparsifier import conv_eligibility
+    from ..prune.oneshot import prune_torch
 
-    eligible = conv_eligibility(model, skip_first=True)  # the kernels extract_library picks the library from
-    names = [name for name, why in eligible.items() if why is None]
-    if not names:
-        raise TvmPatternError("this model has no prunable 3x3 conv (depthwise, grouped and the first conv stay "
-                              "dense): use --compression none")  # fmt: skip
-    library = extract_library(model, k=8, n=4)
-    patterns = torch.as_tensor(library.patterns, dtype=torch.float32)
-    modules = dict(model.named_modules())
-    layers = []
-    with torch.no_grad():
-        for name, why in eligible.items():
-            w = modules[name].weight
-            total = w.shape[0] * w.shape[1]
-            if why is not None:
-                layers.append({"name": name, "pruned": False, "why": why, "total_kernels": total})
-                continue
-            pruned = project_patterns(w, patterns)
-            if compression == 8.0:
-                pruned = project_connectivity(pruned, kept_kernels(total, CONNECTIVITY))
-            w.copy_(pruned)
-            kept = int(pruned.flatten(2).ne(0).any(-1).sum())
-            layers.append({"name": name, "pruned": True, "kept_kernels": kept, "total_kernels": total})
-    return {"compression": compression, "patterns": library.to_json()["patterns"], "layers": layers}
+    only = f" --prune-only {','.join(prune_only)}" if prune_only else ""
+    try:
+        return prune_torch(model, compression, block=block, prune_only=prune_only)
+    except ModelError as err:
+        raise TvmPatternError(f"--compression {compression:g}{only}: {err}; use --compression none") from err
 
 
 # ---------------------------------------------------------------------------------------------- ONNX

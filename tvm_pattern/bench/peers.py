@@ -121,16 +121,27 @@ def _input_shape(onnx_path: Path) -> list[int]:
     return shape
 
 
-def _prepare(model: str, compression: float | None, work: Path, size: int, scale: float, seed: int) -> dict:
-    """The ONNX file (and for built-in models the PyTorch weights) every runtime gets."""
+def _prepare(model: str, compression: float | None, work: Path, size: int, scale: float, seed: int,
+             save_pruned: Path | None = None, prune_only: list[str] | None = None) -> dict:  # fmt: skip
+    """The ONNX file (and for built-in models the PyTorch weights) every runtime gets.
+
+    With ``compression``, an ONNX file is pruned one-shot (``prune.oneshot.prune_onnx``) and a built-in model
+    before export; the pruned file goes to ``save_pruned`` (else the work folder) and is the one timed.
+    """
     if model.endswith(".onnx") or Path(model).is_file():
         path = Path(model)
         if not path.is_file():
             raise TvmPatternError(f"ONNX model {path} does not exist")
+        pruning = None
         if compression is not None:
-            raise TvmPatternError("--compression applies to the built-in models; prune your own model with "
-                                  "`tvm-pattern prune` (or pass --compression none)")  # fmt: skip
-        return {"onnx": path.resolve(), "builtin": False, "pruning": None, "input_shape": _input_shape(path)}
+            from ..prune.oneshot import prune_onnx
+
+            out = save_pruned or work / f"pruned-{path.name}"
+            pruning = prune_onnx(path, out, compression, prune_only=prune_only)
+            path = out
+        elif save_pruned is not None:
+            raise TvmPatternError("--save-pruned needs --compression 2.25 or 8")
+        return {"onnx": path.resolve(), "builtin": False, "pruning": pruning, "input_shape": _input_shape(path)}
     import torch
 
     from . import models
@@ -141,8 +152,8 @@ def _prepare(model: str, compression: float | None, work: Path, size: int, scale
     if model == "vgg16" and size != 224:
         kwargs["pool"] = max(1, size // 32)  # the adaptive pool stays the identity, as at 224
     net = models.build(model, seed=seed, size=size, **kwargs)
-    pruning = models.prune_model(net, compression)
-    onnx_path = models.export_onnx(net, work / f"{model}.onnx", size=size)
+    pruning = models.prune_model(net, compression, prune_only)
+    onnx_path = models.export_onnx(net, save_pruned or work / f"{model}.onnx", size=size)
     weights = work / f"{model}.pt"
     torch.save(net.state_dict(), weights)
     return {"onnx": onnx_path, "builtin": True, "pruning": pruning, "weights": weights, "kwargs": kwargs,
@@ -172,12 +183,16 @@ def run_model_bench(
     echo=print,
     timeout: float = TIMEOUT_S,
     database: str | os.PathLike | None = None,
+    save_pruned: str | os.PathLike | None = None,
+    prune_only: list[str] | None = None,
 ) -> dict:
     """Benchmark ``model`` (a built-in name or an ONNX file) on every runtime; print a table, write JSON.
 
     ``runtimes`` restricts the set (default: all). ``database``: ours compiles with this tuning work directory
     (``tvm-pattern tune`` on the same model: a built-in model is the same ONNX for the same seed, size, scale and
-    compression). Returns the JSON dict.
+    compression). ``compression`` prunes the model one-shot first (an ONNX file too); ``save_pruned`` keeps that
+    pruned ONNX, the very file every runtime timed; ``prune_only`` limits the pruning to some layer types.
+    Returns the JSON dict.
     """
     from .profile import breakdown_chart, breakdown_table
 
@@ -189,6 +204,12 @@ def run_model_bench(
         raise TvmPatternError(f"--threads {threads}: must be at least 1")
     if json_path and not Path(json_path).parent.is_dir():  # found now, not after every runtime has run
         raise TvmPatternError(f"--json {json_path}: no folder {Path(json_path).parent}")
+    if save_pruned is not None:
+        save_pruned = Path(save_pruned)
+        if not save_pruned.parent.is_dir():
+            raise TvmPatternError(f"--save-pruned {save_pruned}: no folder {save_pruned.parent}")
+        if compression is None:
+            raise TvmPatternError("--save-pruned needs --compression 2.25 or 8")
     if database is not None and not Path(database).is_dir():
         raise TvmPatternError(f"--db {database}: no such tuning work directory")
     chosen = list(RUNTIMES) if runtimes is None else runtimes
@@ -197,7 +218,7 @@ def run_model_bench(
         raise TvmPatternError(f"unknown runtime(s) {unknown}; choose from {list(RUNTIMES)}")
     work = Path(tempfile.mkdtemp(prefix="tvm-pattern-bench-model-"))
     try:
-        prep = _prepare(model, compression, work, size, scale, seed)
+        prep = _prepare(model, compression, work, size, scale, seed, save_pruned, prune_only)
         shape = prep["input_shape"]
         x = np.random.default_rng(seed + 1).standard_normal(shape).astype(np.float32)
         np.save(work / "input.npy", x)

@@ -18,6 +18,16 @@ def _compression(text: str) -> str | float:
     return value
 
 
+def _layer_types(text: str) -> list[str]:
+    from ..prune.oneshot import TYPES
+
+    chosen = [t.strip() for t in text.split(",") if t.strip()]
+    unknown = [t for t in chosen if t not in TYPES]
+    if unknown or not chosen:
+        raise argparse.ArgumentTypeError(f"unknown layer type(s) {unknown or [text]}; choose from {', '.join(TYPES)}")
+    return chosen
+
+
 def register(sub) -> None:
     p = sub.add_parser("bench", help="benchmark a suite's 3x3 convs: PyTorch dense vs TVM dense vs pattern-sparse; "
                        "or --model: a whole model on every runtime")  # fmt: skip
@@ -26,7 +36,8 @@ def register(sub) -> None:
                    "ONNX Runtime, OpenVINO and DeepSparse (`make peers` installs the peers)")  # fmt: skip
     p.add_argument("--compression", type=_compression, default=None,
                    help="2.25: patterns only; 8: patterns + 3.6x connectivity (the --suite default); none: dense "
-                        "(the --model default)")  # fmt: skip
+                        "(the --model default). --model: one-shot, every layer type (8: 1x1 / FC 8x in blocks "
+                        "of 4, depthwise patterns; 2.25: 1x1 / FC 2.25x; first conv and last FC dense)")  # fmt: skip
     p.add_argument("--json", help="write the measurements to this JSON file (--model: and a .png of the op shares)")
     p.add_argument("--threads", type=int, default=None,
                    help="threads for every side (default: the cores this process may use)")
@@ -38,6 +49,12 @@ def register(sub) -> None:
     p.add_argument("--scale", type=float, default=1.0, help="--model (built-in): channel widths x this (quick checks)")
     p.add_argument("--db", help="--model: compile ours with this tuning work directory (`tvm-pattern tune` of "
                    "the same model)")  # fmt: skip
+    p.add_argument("--save-pruned", metavar="OUT.onnx",
+                   help="--model with --compression: write the one-shot pruned ONNX there (the file every runtime "
+                        "times; an ONNX --model is pruned to the same recipe)")  # fmt: skip
+    p.add_argument("--prune-only", type=_layer_types, metavar="TYPES",
+                   help="--model: prune only these layer types (comma list of conv3x3, pointwise, linear, "
+                        "depthwise; default all; conv3x3 is the issue-11 recipe)")  # fmt: skip
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.add_argument("--tuned", action="store_true", help="tuned vs untuned kernel for --layers of VGG-16 instead")
     p.add_argument("--layers", default="conv2_2,conv3_2,conv4_2", help="VGG-16 layers for --tuned")
@@ -56,7 +73,8 @@ def run(args: argparse.Namespace) -> int:
         runtimes = [r.strip() for r in args.runtimes.split(",") if r.strip()] if args.runtimes else None
         result = run_model_bench(args.model, compression, args.json, threads=args.threads, repeats=args.repeats,
                                  warmup=args.warmup, size=args.size, scale=args.scale, runtimes=runtimes,
-                                 database=args.db)  # fmt: skip
+                                 database=args.db, save_pruned=args.save_pruned,
+                                 prune_only=args.prune_only)  # fmt: skip
         ours = next((r for r in result["runtimes"] if r["runtime"] == "ours"), None)
         if ours is not None and ours["status"] == "failed":
             return 1
@@ -66,6 +84,8 @@ def run(args: argparse.Namespace) -> int:
 
     if args.db is not None:
         raise TvmPatternError("--db applies to --model only (--tuned tunes its own layers into --work-dir)")
+    if args.save_pruned is not None or args.prune_only is not None:
+        raise TvmPatternError("--save-pruned and --prune-only apply to --model only")
 
     if args.compression == "none":
         raise TvmPatternError("--compression none applies to --model only; --suite and --tuned take 2.25 or 8")
