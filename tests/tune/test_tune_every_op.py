@@ -11,17 +11,19 @@ import numpy as np
 import pytest
 import torch
 import tvm
+import tvm_ffi
 from helpers.cnn_models import export_onnx, torch_out
 from torch import nn
 
 from tvm_pattern import cli
 from tvm_pattern.compiler import CompiledModel, build, cpu_pipeline, import_onnx, load
 from tvm_pattern.errors import TvmPatternError
-from tvm_pattern.passes import DenseKernels
+from tvm_pattern.passes import DenseKernels, ParallelizeDense
 from tvm_pattern.schedules.dense_space import DenseTuningTask
 from tvm_pattern.targets import resolve_target
 from tvm_pattern.tune import DatabaseDenseKernels, OpTask, extract_tasks, open_database, tune
 from tvm_pattern.tune.database import records
+from tvm_pattern.tune.ops import untuned_schedule
 from tvm_pattern.tune.search import FAILED_SECS
 
 TOL = {"atol": 1e-4, "rtol": 1e-4}
@@ -76,6 +78,9 @@ def test_every_op_has_a_task(net, tasks):
     assert sorted(t.name.split("_")[1] for t in dense) == ["conv2d", "conv2d", "dense", "depthwise"]
     ops = [t for t in tasks if isinstance(t, OpTask)]
     assert [t.name for t in ops] == ["op_max_pool2d"] and ops[0].weight == 1
+    untuned = untuned_schedule(ops[0].mod, 2).mod["main"]  # measured first: the untuned build's loop nest
+    assert tvm_ffi.structural_equal(untuned, ParallelizeDense(2)(ops[0].mod)["main"])
+    assert not tvm_ffi.structural_equal(untuned, ops[0].mod["main"])
     mod = import_onnx(net[0])
     assert len(extract_tasks(mod, "x86", ops="templates")) == len(dense)
     assert extract_tasks(mod, "x86", ops="sparse") == []

@@ -15,7 +15,7 @@ import logging
 from dataclasses import dataclass
 
 import tvm
-from tvm import relax
+from tvm import relax, s_tir
 from tvm.ir import IRModule
 from tvm.relax.backend.cpu_generic import pipeline as cpu_generic
 from tvm.s_tir import meta_schedule as ms
@@ -23,10 +23,11 @@ from tvm.target import Target
 
 from ..passes import OPAQUE
 from ..schedules.space import TuningTask
+from ..targets import target_cores
 
 log = logging.getLogger(__name__)
 
-__all__ = ["MIN_WORK", "OpTask", "legalize", "op_tasks", "work"]
+__all__ = ["MIN_WORK", "OpTask", "default_space", "legalize", "op_tasks", "untuned_schedule", "work"]
 
 MIN_WORK = 1024  # loop iterations of a function's largest loop nest below which it is not tuned
 
@@ -37,6 +38,7 @@ class OpTask(TuningTask):
     Runners fill its arguments with random data (``arrays`` is empty)."""
 
     weight: int = 1
+    cores: int = 1  # the target's: the untuned schedule (``untuned_schedule``) spreads loops over them
 
 
 def legalize(mod: IRModule, target: Target) -> IRModule:
@@ -76,6 +78,46 @@ def _skip(func: tvm.tirx.PrimFunc) -> str | None:
     return None
 
 
+def untuned_schedule(mod: IRModule, cores: int) -> s_tir.Schedule:
+    """The workload as an untuned build runs it, as a schedule MetaSchedule can replay and measure first, so a
+    tuned op is never slower than the untuned one: ``passes.ParallelizeDense``'s loop nests (per top-level
+    block, the leading spatial loops fused until there is work for the cores, then parallel).
+
+    Planned on a scratch schedule, then replayed on a fresh one, so a refused step leaves nothing in the trace.
+    """
+    scratch, steps = s_tir.Schedule(mod), []
+    if cores > 1:
+        for block in scratch.get_child_blocks(scratch.get_sblock("root")):
+            count = _parallel_loops(scratch, block, cores)
+            if count:
+                steps.append((scratch.get(block).name_hint, count))
+    sch = s_tir.Schedule(mod)
+    for name, count in steps:
+        loops = sch.get_loops(sch.get_sblock(name))[:count]
+        sch.parallel(sch.fuse(*loops) if count > 1 else loops[0])
+    return sch
+
+
+def _parallel_loops(sch: s_tir.Schedule, block, cores: int) -> int:
+    """How many leading loops of ``block`` ``ParallelizeDense`` fuses and parallelises (0: none); done on ``sch``."""
+    loops, iters = sch.get_loops(block), sch.get(block).iter_vars
+    if not loops or len(loops) != len(iters) or any(sch.get(loop).kind != tvm.tirx.ForKind.SERIAL for loop in loops):
+        return 0
+    amount, count = 1, 0
+    for loop, iter_var in zip(loops, iters, strict=True):
+        extent = sch.get(loop).extent
+        if iter_var.iter_type != 0 or not isinstance(extent, tvm.tirx.IntImm) or amount >= 4 * cores:
+            break  # 0 = kDataPar
+        amount, count = amount * int(extent), count + 1
+    if count == 0 or amount < 2:
+        return 0
+    try:
+        sch.parallel(sch.fuse(*loops[:count]) if count > 1 else loops[0])
+    except Exception:  # ScheduleError: ParallelizeDense leaves this nest serial too
+        return 0
+    return count
+
+
 def default_space() -> ms.space_generator.PostOrderApply:
     """MetaSchedule's default CPU space (its llvm rules, postprocs and mutators), named rather than taken
     ``from-target``: the x86 / Arm variants ask for int8 tensor intrinsics these fp32 ops never use."""
@@ -93,6 +135,6 @@ def op_tasks(mod: IRModule, target: Target) -> list[OpTask]:
             log.info("%s: not tuned (%s)", task.task_name, why)
             continue
         out.append(OpTask(f"op_{task.task_name}", workload, default_space(), (), lambda m: m["main"],
-                          int(task.weight)))  # fmt: skip
+                          int(task.weight), target_cores(target)))  # fmt: skip
     log.info("%d leftover op(s) to tune in MetaSchedule's default space", len(out))
     return out

@@ -26,7 +26,7 @@ from tvm.target import Target
 from ..errors import RPCError
 from ..schedules.dense_space import DenseTuningTask
 from ..schedules.space import TuningTask
-from .ops import OpTask
+from .ops import OpTask, untuned_schedule
 from .remote import Remote, seconds
 
 log = logging.getLogger(__name__)
@@ -78,7 +78,10 @@ class ResumeSearch(PySearchStrategy):
 
     def pre_tuning(self, max_trials, num_trials_per_iter, design_spaces, database=None, cost_model=None) -> None:
         self.run.budget = min(self.run.budget, int(max_trials))
-        if design_spaces and not isinstance(self.run.task, OpTask):  # a template: its default knobs
+        if isinstance(self.run.task, OpTask):  # MetaSchedule's space: the untuned build's own schedule first
+            sch = untuned_schedule(self.run.task.mod, self.run.task.cores)
+            self.untuned = ms.MeasureCandidate(sch, ms.arg_info.ArgInfo.from_prim_func(sch.mod["main"]))
+        elif design_spaces:  # a template: the design space's own trace holds the default knobs
             sch = design_spaces[0]
             self.untuned = ms.MeasureCandidate(sch, ms.arg_info.ArgInfo.from_prim_func(sch.mod["main"]))
         slack = sum(len(b) for b in self.run.seen.values()) + 2 * int(num_trials_per_iter)
