@@ -1,5 +1,6 @@
 """`tvm-pattern prune` end to end on a small subset, and bad input that must change nothing on disk."""
 
+import argparse
 import json
 import os
 import signal
@@ -16,7 +17,7 @@ from onnx import numpy_helper
 from torch import nn
 
 from tvm_pattern import cli
-from tvm_pattern.cli.prune import parse_connectivity
+from tvm_pattern.cli.prune import add_prune_options, parse_block, parse_connectivity
 from tvm_pattern.errors import TvmPatternError
 from tvm_pattern.prune import artifacts, models
 from tvm_pattern.sparsity.library import CENTRE, PatternLibrary
@@ -393,3 +394,78 @@ def test_weights_are_loaded_into_the_user_model(tmp_path, small_data, monkeypatc
     args.weights = str(tmp_path / "bad.pt")
     with pytest.raises(TvmPatternError, match="does not fit the model"):
         job.validate(args)
+
+
+# --- every layer type (issue 12) ------------------------------------------------------------------------------
+
+TINY = ["--dense-epochs", "0.25", "--admm-epochs", "0.25", "--retrain-epochs", "0.25", "--quiet", "--no-cache"]
+
+
+@pytest.fixture
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)  # a small model on two shared cores: threads only fight
+    yield
+    torch.set_num_threads(before)
+
+
+def test_prune_every_layer_type_writes_block_sparse_onnx(small_data, tmp_path, one_thread):
+    """resnet-small with --pointwise 8 --linear 4 --block 2: the ONNX's 1x1 convs and FC keep 1/alpha of their
+    input columns, shared by each pair of output channels, with exact zeros; the last FC stays dense."""
+    out = tmp_path / "out"
+    code = cli.main(["prune", "--model", "resnet-small", "--data", str(small_data), "--out", str(out), *TINY,
+                     "--pointwise", "8", "--linear", "4", "--block", "2"])  # fmt: skip
+    assert code == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["pointwise"] == 8.0 and report["linear"] == 4.0 and report["block"] == 2
+    model = onnx.load(str(out / "model.onnx"))
+    inits = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    masks = artifacts.load_masks(out / "masks.pt")
+    rows = {layer["name"]: layer for layer in report["layers"]}
+    assert {r["type"] for r in rows.values()} == {"conv3x3", "pointwise", "linear"}
+    assert not rows["stem.0"]["pruned"] and not rows["classifier.4"]["pruned"]
+    assert rows["classifier.4"]["reason"].startswith("classifier's last layer")
+    for name, row in rows.items():
+        w = inits[f"{name}.weight"]
+        assert row["nonzeros"] == np.count_nonzero(w) and row["density"] == pytest.approx(row["nonzeros"] / w.size)
+        if row["type"] == "conv3x3" or not row["pruned"]:
+            continue
+        alpha = 8 if row["type"] == "pointwise" else 4
+        nonzero = (w != 0).reshape(w.shape[0], w.shape[1])
+        assert np.array_equal(nonzero, masks[name].numpy().reshape(nonzero.shape))
+        assert (nonzero.sum(1) == round(w.shape[1] / alpha)).all(), name
+        assert all((nonzero[b: b + 2] == nonzero[b]).all() for b in range(0, len(nonzero), 2)), name
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--pointwise", "0.5"], "alpha must be >= 1"),
+        (["--linear", "classifier.9=2"], "rates given for linear layers that do not exist: ['classifier.9']"),
+    ],
+)
+def test_bad_layer_options_fail_clearly_and_write_nothing(tmp_path, small_data, capsys, extra, message):
+    out = tmp_path / "out"
+    code, err = run(["prune", "--model", "resnet-small", "--data", str(small_data), "--out", str(out), *TINY,
+                     *extra], capsys)  # fmt: skip
+    assert code == 2 and message in err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_block_option_parses_sizes_and_unstructured():
+    assert parse_block("8") == 8 and parse_block("Unstructured") == "unstructured"
+    for bad in ("0", "-2", "2.5", "big"):
+        with pytest.raises(argparse.ArgumentTypeError, match="block must be an integer >= 1 or 'unstructured'"):
+            parse_block(bad)
+
+
+def test_layer_options_are_checkpoint_settings_only_when_set():
+    from tvm_pattern.prune import job
+
+    parser = argparse.ArgumentParser()
+    add_prune_options(parser)
+    parser.add_argument("--out")
+    plain = job.settings(parser.parse_args(["--out", "x"]), 1)
+    assert not {"pointwise", "linear", "block", "depthwise_patterns", "skip_last"} & set(plain)  # old checkpoints
+    layered = job.settings(parser.parse_args(["--out", "x", "--pointwise", "8", "--block", "unstructured"]), 1)
+    assert layered["pointwise"] == 8.0 and layered["block"] == "unstructured"
