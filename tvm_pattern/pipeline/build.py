@@ -22,6 +22,7 @@ from ..passes import ConvReport, DenseKernels, DenseReport, ParallelizeDense, Pa
 from ..sparsity.library import PatternLibrary
 from ..targets import resolve_target, target_cores
 from ..tune import DatabaseDenseKernels, DatabaseKernels, open_database
+from .gpu import mali_pipeline
 
 __all__ = ["build", "cpu_pipeline", "dense_passes"]
 
@@ -73,6 +74,8 @@ def build(
     if tuned_dense is not None and dense_provider is not None:
         tuned_dense.extend(dense_provider.tuned)
     pipeline = cpu_pipeline(target, database) if target.kind.name == "llvm" else relax.get_default_pipeline(target)
+    if target.kind.name == "opencl" and "adreno" not in target.keys:  # dlight's GPU rules, made total (gpu.py)
+        pipeline = mali_pipeline(target)
     return tvm.compile(mod, target=target, relax_pipeline=pipeline)
 
 
