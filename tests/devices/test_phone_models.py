@@ -219,6 +219,17 @@ TEMPLATES: dict[str, Callable[[], Case]] = {
         10, 10, 13, 3, 1, 1, True, False, "relu", depthwise=True, knobs=DepthwiseKnobs(3, 2, 4, 3)
     ),
     "linear_b4_knobs_5": lambda: linear_case(70, 13, 4, True, "relu", knobs=DenseKnobs(5, 4, 3)),
+    # the tuning space's largest NEON blocks (16x1, 14x2: 28 accumulators, 6x4) and twice the cores as threads
+    "conv3x3_knobs_16x1_8threads": lambda: conv_case(
+        8, 37, 12, 3, 1, 1, True, True, "relu", knobs=ConvKnobs(16, 1, 4, 2, 3, 8, panel=True)
+    ),
+    "conv1x1_knobs_14x2": lambda: conv_case(
+        16, 30, 10, 1, 1, 0, False, True, "relu", True, knobs=ConvKnobs(14, 2, 4, 1, 2, 4)
+    ),
+    "stem7x7_knobs_6x4_rows": lambda: conv_case(
+        3, 8, 29, 7, 2, 3, True, False, "relu", knobs=ConvKnobs(6, 4, 4, 1, 1, 8, rows=True)
+    ),
+    "linear_b1_knobs_1row_8threads": lambda: linear_case(130, 9, 1, True, None, knobs=DenseKnobs(1, 4, 8)),
 }
 
 
