@@ -18,7 +18,17 @@ from tvm import relax
 from tvm.ir import IRModule
 from tvm.relax.backend.cpu_generic import pipeline as cpu_generic
 
-from ..passes import ConvReport, DenseKernels, DenseReport, ParallelizeDense, PatternSparseConv2d
+from ..passes import (
+    BlockSparseDense,
+    BlockSparseReport,
+    ConvReport,
+    DenseKernels,
+    DenseReport,
+    DepthwiseReport,
+    ParallelizeDense,
+    PatternDepthwiseConv2d,
+    PatternSparseConv2d,
+)
 from ..sparsity.library import PatternLibrary
 from ..targets import resolve_target, target_cores
 from ..tune import DatabaseDenseKernels, DatabaseKernels, open_database
@@ -38,6 +48,7 @@ def build(
     dense_ops: bool | None = None,
     dense_reports: list[DenseReport] | None = None,
     tuned_dense: list[str] | None = None,
+    sparse_reports: list[DepthwiseReport | BlockSparseReport] | None = None,
 ) -> tvm.runtime.Executable:
     """Rewrite the pattern-sparse convs, then the dense ops, then compile with the target's Relax pipeline.
 
@@ -46,8 +57,12 @@ def build(
     through generated kernels (``DenseKernels``), and ``ParallelizeDense`` spreads the other ops over the cores.
     ``dense_kernel`` (default: on only without ``dense_ops``) runs unpruned 3x3 convs through the pattern kernel
     as one 9-tap pattern instead (slower than the dense conv: see the module docstring).
-    ``reports``, if given, receives one ``ConvReport`` per conv2d; ``dense_reports`` one ``DenseReport`` per
-    conv2d / matmul the dense pass saw.
+    Before the dense ops, the other sparse layer types go to their sparse kernels (every target), each detected
+    from its weight's zeros: pattern-sparse depthwise convs (``PatternDepthwiseConv2d``) and block-sparse 1x1 convs
+    and dense layers (``BlockSparseDense``).
+    ``reports``, if given, receives one ``ConvReport`` per conv2d; ``sparse_reports`` one ``DepthwiseReport`` per
+    depthwise conv and one ``BlockSparseReport`` per 1x1 conv / dense layer; ``dense_reports`` one ``DenseReport``
+    per conv2d / matmul the dense pass saw.
     ``database``: a tuning job's work directory (``tvm-pattern tune``) or a MetaSchedule database; layers
     it has records for get their best tuned kernel (``tuned_dense``, if given, receives the names of the dense
     layers that did), and the other ops it has records for their best MetaSchedule schedule (``cpu_pipeline``).
@@ -64,11 +79,16 @@ def build(
     sparse = PatternSparseConv2d(library, strict=strict, target=target, dense_kernel=dense_kernel, provider=provider)
     with target:
         mod = sparse(mod)
+        depthwise = PatternDepthwiseConv2d(strict=strict, target=target)
+        blocks = BlockSparseDense(target=target, strict=strict)
+        mod = blocks(depthwise(mod))
         if dense_ops:
             dense = DenseKernels(target=target, provider=dense_provider)
             mod = dense(mod)
     if reports is not None:
         reports.extend(sparse.summary)
+    if sparse_reports is not None:
+        sparse_reports.extend([*depthwise.summary, *blocks.summary])
     if dense_reports is not None and dense_ops:
         dense_reports.extend(dense.summary)
     if tuned_dense is not None and dense_provider is not None:

@@ -12,7 +12,7 @@ from pathlib import Path
 from ..devices.cross import export_options
 from ..errors import TvmPatternError
 from ..frontend import import_onnx
-from ..passes import ConvReport, DenseReport
+from ..passes import BlockSparseReport, ConvReport, DenseReport, DepthwiseReport
 from ..sparsity.library import PatternLibrary
 from ..targets import resolve_target
 from ..tune import open_database
@@ -31,11 +31,13 @@ def compile_file(
     database=None,
     dense_reports: list[DenseReport] | None = None,
     tuned_dense: list[str] | None = None,
+    sparse_reports: list[DepthwiseReport | BlockSparseReport] | None = None,
 ) -> Path:
     """Compile an ONNX model to a shared library at ``out_path``; nothing is left half-written.
 
-    ``reports`` receives a ``ConvReport`` per conv2d (the pattern pass), ``dense_reports`` a ``DenseReport`` per
-    conv2d / matmul the dense-kernel pass saw (llvm targets).
+    ``reports`` receives a ``ConvReport`` per conv2d (the pattern pass), ``sparse_reports`` a ``DepthwiseReport``
+    per depthwise conv and a ``BlockSparseReport`` per 1x1 conv / dense layer, ``dense_reports`` a ``DenseReport``
+    per conv2d / matmul the dense-kernel pass saw (llvm targets).
 
     ``database``: a tuning job's work directory (or a MetaSchedule database) whose best schedules to use
     (``tuned_dense`` receives the names of the dense layers that got a tuned kernel).
@@ -48,7 +50,7 @@ def compile_file(
     if isinstance(database, (str, os.PathLike)):
         database = open_database(database)  # before the long build too
     executable = build(import_onnx(onnx_path), target, patterns, strict, reports, database=database,
-                       dense_reports=dense_reports, tuned_dense=tuned_dense)  # fmt: skip
+                       dense_reports=dense_reports, tuned_dense=tuned_dense, sparse_reports=sparse_reports)  # fmt: skip
     tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp{out.suffix or '.so'}")
     try:
         executable.export_library(str(tmp), **options)
@@ -69,20 +71,33 @@ def compile_command(
 ) -> Path:
     """``tvm-pattern compile``: compile, print what happened to every conv, return the library's path."""
     reports: list[ConvReport] = []
+    sparse_reports: list[DepthwiseReport | BlockSparseReport] = []
     dense_reports: list[DenseReport] = []
     tuned_dense: list[str] = []
     path = compile_file(model, target, out, patterns, strict, reports, database=database, dense_reports=dense_reports,
-                        tuned_dense=tuned_dense)  # fmt: skip
-    taken = {r.name for r in dense_reports if r.rewritten}
-    for report in reports:
-        if report.name not in taken:  # a conv the pattern pass left is reported by the dense pass
-            echo(f"  {report}")
-    for report in dense_reports:
+                        tuned_dense=tuned_dense, sparse_reports=sparse_reports)  # fmt: skip
+    for report in final_reports([reports, sparse_reports, dense_reports]):
         echo(f"  {report}")
+    taken = {r.name for r in dense_reports if r.rewritten}
     tuned = ""
     if database is not None:
         tuned = (f", {sum(r.tuned for r in reports)} with tuned kernels, {len(tuned_dense)} dense layer(s) with "
                  f"tuned kernels and the other ops' tuned schedules from {database}")  # fmt: skip
     dense = f", {len(taken)}/{len(dense_reports)} conv2d / dense by generated dense kernels" if dense_reports else ""
-    echo(f"{sum(r.sparse for r in reports)}/{len(reports)} conv2d pattern-sparse{tuned}{dense}; wrote {path}")
+    others = "".join(f", {sum(r.rewritten for r in sparse_reports if isinstance(r, kind))} {what}"
+                     for kind, what in ((DepthwiseReport, "depthwise pattern-sparse"),
+                                        (BlockSparseReport, "1x1 conv / dense block-sparse")))  # fmt: skip
+    echo(f"{sum(r.sparse for r in reports)}/{len(reports)} conv2d pattern-sparse{others}{tuned}{dense}; wrote {path}")
     return path
+
+
+def final_reports(stages: list[list]) -> list:
+    """One report per op, in first-seen order: the pass that rewrote it, else the last pass that saw it (each pass
+    sees what the earlier ones left: the dense pass's reason is the final word on an op nobody took)."""
+    chosen: dict[str, object] = {}
+    for stage in stages:
+        for report in stage:
+            current = chosen.get(report.name)
+            if current is None or not current.rewritten:
+                chosen[report.name] = report
+    return list(chosen.values())
