@@ -213,6 +213,19 @@ def test_a_rule_that_schedules_nothing_is_a_clear_error(tmp_path) -> None:
         gpu.schedule(mod, TARGET, gpu.ScheduleGPU(rules=[]))
 
 
+def relax_ops(mod: tvm.IRModule) -> set[str]:
+    calls = [b.value for block in mod["main"].body.blocks for b in block.bindings]
+    return {c.op.name for c in calls if isinstance(c, tvm.relax.Call) and isinstance(c.op, tvm.ir.Op)}
+
+
+def test_weight_ops_and_clip_bounds_fold_with_numpy(tmp_path) -> None:
+    """The bias reshape and ReLU6's ``where(isnan(c), inf, c)`` bounds are gone before FoldConstant sees them
+    (the per-op ReLU6 cases above check the numbers)."""
+    mod = onnx_module(seeded(nn.Sequential(nn.Conv2d(4, 4, 1), nn.ReLU6()), "fold"), (1, 4, 3, 3), tmp_path)
+    assert {"relax.isnan", "relax.where", "relax.reshape"} <= relax_ops(mod)
+    assert not {"relax.isnan", "relax.where", "relax.reshape"} & relax_ops(gpu.fold_weight_ops(mod))
+
+
 # ---------------------------------------------------------------------------------------------- whole models
 
 SIZE = 32

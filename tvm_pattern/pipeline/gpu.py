@@ -104,11 +104,11 @@ def _permute(x: np.ndarray, call: relax.Call) -> np.ndarray:
     return np.transpose(x, None if axes is None else [int(a) for a in axes])
 
 
-_FOLDS = {  # op -> numpy, on (the constant arrays, the call); the ops the ONNX importer emits on weights
-    "relax.isnan": lambda xs, _: np.isnan(xs[0]),
-    "relax.where": lambda xs, _: np.where(*xs),
-    "relax.reshape": lambda xs, call: xs[0].reshape(_shape(call.args[1])),
-    "relax.permute_dims": lambda xs, call: _permute(xs[0], call),
+_FOLDS = {  # op -> numpy, on (the constant arrays, the arguments, the call); what the ONNX importer puts on weights
+    "relax.isnan": lambda xs, _, __: np.isnan(xs[0]),
+    "relax.where": lambda xs, _, __: np.where(*xs),
+    "relax.reshape": lambda xs, args, _: xs[0].reshape(_shape(args[1])),
+    "relax.permute_dims": lambda xs, _, call: _permute(xs[0], call),
 }
 
 
@@ -124,7 +124,11 @@ class _ConstantFolder(PyExprMutator):
         shapes = [a for a in args if _shape(a) is not None]
         if fold is None or not data or len(data) + len(shapes) != len(args):
             return call
-        return relax.const(np.asarray(fold([c.value.numpy() for c in data], call)).copy())  # C order, 0-d kept
+        value = np.asarray(fold([c.value.numpy() for c in data], args, call)).copy()  # C order, 0-d kept
+        ty = call.ty
+        if not isinstance(ty, relax.TensorType) or ty.shape is None or str(ty.dtype) != str(value.dtype):
+            return call  # numpy's result type differs from the op's: leave it to FoldConstant
+        return relax.const(value) if _shape(ty.shape) == list(value.shape) else call
 
     def _value(self, expr: relax.Expr) -> relax.Expr:
         """What a var is bound to (a folded constant), else the expression."""
