@@ -5,6 +5,7 @@ measured or marked missing. No timing is asserted."""
 import importlib.util
 import json
 import sys
+from collections import Counter
 
 import numpy as np
 import pytest
@@ -13,6 +14,7 @@ import torch
 from tvm_pattern import cli
 from tvm_pattern.bench import models, peers, profile
 from tvm_pattern.errors import TvmPatternError
+from tvm_pattern.passes import BlockSparseReport, ConvReport, DenseReport, DepthwiseReport
 from tvm_pattern.prune.projection import kept_kernels
 
 SIZE = 64
@@ -21,7 +23,6 @@ SMALL = {
     "mobilenetv2": {"scale": 0.25, "num_classes": 10},
     "vgg16": {"scale": 0.125, "num_classes": 10, "pool": 2},
 }
-COMPRESSION = {"resnet50": 8.0, "mobilenetv2": None, "vgg16": 8.0}
 
 
 def rel_err(y, ref) -> float:
@@ -41,30 +42,37 @@ def ort_output(onnx_path, x: np.ndarray) -> np.ndarray:
 
 
 @pytest.mark.parametrize(
-    "name", [pytest.param("resnet50", marks=pytest.mark.slow), pytest.param("mobilenetv2", marks=pytest.mark.slow),
-             "vgg16"])  # fmt: skip
-def test_compiled_model_matches_pytorch_and_onnxruntime(name, tmp_path):
+    ("name", "compression"),
+    [pytest.param("resnet50", 8.0, marks=pytest.mark.slow), pytest.param("mobilenetv2", None, marks=pytest.mark.slow),
+     pytest.param("mobilenetv2", 8.0, marks=pytest.mark.slow), ("vgg16", 8.0)])  # fmt: skip
+def test_compiled_model_matches_pytorch_and_onnxruntime(name, compression, tmp_path):
+    """Pruned one-shot in every layer type (or dense), compiled: every conv / linear runs one of our kernels, each
+    pruned layer a sparse one of its type, and the outputs equal PyTorch's and ONNX Runtime's."""
     from tvm_pattern import compiler
+    from tvm_pattern.pipeline.compile import final_reports
 
     model = small(name)
-    models.prune_model(model, COMPRESSION[name])
+    pruned = models.prune_model(model, compression)["layers"]
     onnx_path = models.export_onnx(model, tmp_path / f"{name}.onnx", size=SIZE)
     x = np.random.default_rng(1).standard_normal((1, 3, SIZE, SIZE)).astype(np.float32)
     with torch.no_grad():
         want = model(torch.from_numpy(x)).numpy()
-    reports, dense = [], []
-    lib = compiler.compile_file(onnx_path, "x86", tmp_path / f"{name}.so", reports=reports, dense_reports=dense)
+    reports, sparse, dense = [], [], []
+    lib = compiler.compile_file(onnx_path, "x86", tmp_path / f"{name}.so", reports=reports, dense_reports=dense,
+                                sparse_reports=sparse)  # fmt: skip
     got = compiler.load(lib)(x)
     assert got.shape == want.shape == (1, 10)
     assert rel_err(got, want) <= 1e-4
-    if COMPRESSION[name] is not None:
-        assert sum(r.sparse for r in reports) > 0
-    # every conv / linear runs a generated kernel: pattern-sparse, or the dense pass's
+    final = final_reports([reports, sparse, dense])
     convs = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
     linears = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
-    assert all(r.rewritten for r in dense), [str(r) for r in dense if not r.rewritten]
-    assert sum(r.sparse for r in reports) + sum(r.op != "dense" for r in dense) == len(convs) == len(reports)
-    assert sum(r.op == "dense" for r in dense) == len(linears)
+    assert len(final) == len(convs) + len(linears)
+    assert all(r.rewritten for r in final), [str(r) for r in final if not r.rewritten]
+    kinds = {"conv3x3": ConvReport, "depthwise": DepthwiseReport, "pointwise": BlockSparseReport,
+             "linear": BlockSparseReport}  # fmt: skip
+    expected = Counter(kinds[layer["type"]] for layer in pruned if layer["pruned"])
+    taken = Counter(type(r) for r in final if not isinstance(r, DenseReport) and getattr(r, "sparse", True))
+    assert taken == expected  # each pruned layer runs the sparse kernel of its type, nothing else does
     assert rel_err(got, ort_output(onnx_path, x)) <= 1e-4
 
 
