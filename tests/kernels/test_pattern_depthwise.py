@@ -90,6 +90,7 @@ def test_mobilenet_like_layers(c, hw, s):
 def test_all_empty_and_single_tap():
     check(np.zeros((4, 1, 3, 3), np.float32), 9, 11, (1, 1), (1, 1, 1, 1), True, "relu6", True)
     check(pruned(6, taps=1, empty=0.0), 10, 10, (2, 2), (1, 1, 1, 1), False, None, False)
+    check(pruned(1, taps=1, empty=0.0), 3, 3, (1, 2), (0, 0, 0, 0), False, None, False)  # one output column
 
 
 @settings(max_examples=30, deadline=None)

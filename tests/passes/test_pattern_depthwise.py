@@ -100,6 +100,7 @@ def test_rewrites_reports_and_numerics(block):
     np.testing.assert_allclose(y, want, rtol=1e-4, atol=1e-4 * np.abs(want).max())
 
 
+@pytest.mark.slow
 def test_strict_and_max_taps(block):
     mod, _, _ = block
     with TARGET, pytest.raises(PatternError, match="keeps 6 taps > 4"):

@@ -75,82 +75,89 @@ class _Ctx:
     bounds: tuple[float, float] | None
 
     @property
-    def plane(self) -> int:
-        return self.g.hq * self.g.wq
+    def rows(self) -> int:
+        """Rows of the padded slab."""
+        return self.g.h + self.g.top + max(0, (self.g.oh - 1) * self.g.sh + self.g.kh - self.g.h - self.g.top)
 
-    def base(self, ph: int, pw: int) -> int:
-        return (ph * self.g.sw + pw) * self.plane
+    @property
+    def width(self) -> int:
+        """Columns of the padded slab: every column a ``sw * V`` load of the last output vector reaches."""
+        g = self.g
+        return max(g.left + g.w, g.sw * g.ow + g.kw - 1, (g.ow - 1) * g.sw + g.kw)
 
-
-def _phases(taps: list[tuple[int, int]], g: DepthwiseGeometry) -> dict[int, list[int]]:
-    """Row phase -> column phases the taps read."""
-    out: dict[int, list[int]] = {}
-    for dy, dx in taps:
-        out.setdefault(dy % g.sh, [])
-        if dx % g.sw not in out[dy % g.sh]:
-            out[dy % g.sh].append(dx % g.sw)
-    return {ph: sorted(pws) for ph, pws in sorted(out.items())}
-
-
-def _column_range(g: DepthwiseGeometry) -> tuple[int, int]:
-    """Slab columns ``[lo, hi]`` whose ``sw`` phases all lie inside the input row (copied as vectors)."""
-    lo = -(-g.left // g.sw)
-    hi = min(g.wq - 1, (g.w - g.sw + g.left) // g.sw)
-    return lo, hi
+    @property
+    def perm(self) -> list[int]:
+        """Output column of each accumulator lane. With stride 2 and 8 lanes, the order AVX's in-lane
+        ``vshufps`` of two loaded vectors yields (one shuffle per tap; the order is undone once, at the store);
+        else the identity (SSE / NEON: ``shufps`` / ``uzp1`` de-interleave in order)."""
+        v = self.kn.lanes
+        if self.g.sw == 2 and v == 8:
+            return [0, 1, 4, 5, 2, 3, 6, 7]
+        return list(range(v))
 
 
 def _chunks(lo: int, hi: int, v: int) -> list[int]:
     """Starts of ``v``-wide chunks covering ``[lo, hi]``; the last one shifted back (overlapping writes)."""
     n = hi - lo + 1
-    if n < v:
+    if v < 2 or n < v:
         return []
     starts = list(range(lo, hi - v + 2, v))
     return starts if starts[-1] + v - 1 == hi else [*starts, hi - v + 1]
 
 
-def _pack_row(s: Script, cx: _Ctx, ph: int, pws: list[int], v: int) -> None:
-    """Copy input row ``y{ph}`` into slab row ``i`` of phase ``ph`` for column phases ``pws``."""
-    g = cx.g
-    lo, hi = _column_range(g)
-    chunks = _chunks(lo, hi, v) if v > 1 else []  # one lane: literal scalar copies
-    covered = set() if not chunks else set(range(lo, hi + 1))
-    for j0 in chunks:
-        ramp = f"T.Ramp({j0 * g.sw - g.left}, 1, {v * g.sw})" if g.sw > 1 else f"T.Ramp({j0 - g.left}, 1, {v})"
-        load = f"data[b, c, y{ph}, {ramp}]"
-        if g.sw == 1:
-            s.line(f"slab[T.Ramp({cx.base(ph, 0)} + i * {g.wq} + {j0}, 1, {v})] = {load}")
-            continue
-        name = f"q{ph}_{j0}"
-        s.line(f"{name}: T.let = {load}")
-        for pw in pws:
-            lanes = ", ".join(str(pw + g.sw * k) for k in range(v))
-            s.line(f"slab[T.Ramp({cx.base(ph, pw)} + i * {g.wq} + {j0}, 1, {v})] = T.Shuffle([{name}], [{lanes}])")
-    for j in range(g.wq):
-        if j in covered:
-            continue
-        for pw in pws:
-            x = j * g.sw + pw - g.left
-            value = f"data[b, c, y{ph}, {x}]" if 0 <= x < g.w else "T.float32(0)"
-            s.line(f"slab[{cx.base(ph, pw)} + i * {g.wq} + {j}] = {value}")
+def _zero_columns(s: Script, lo: int, hi: int) -> None:
+    """Zero slab columns ``[lo, hi)`` of row ``i``."""
+    if hi - lo == 1:
+        s.line(f"slab[i, {lo}] = T.float32(0)")
+    elif hi > lo:
+        with s.block(f"for j in T.vectorized({hi - lo}):"):
+            s.line(f"slab[i, {lo} + j] = T.float32(0)")
 
 
-def _pack(s: Script, cx: _Ctx, taps: list[tuple[int, int]]) -> None:
-    """The channel's padded, phase-split input plane, only the phases the pattern reads."""
-    g = cx.g
+def _pack(s: Script, cx: _Ctx) -> None:
+    """The channel's zero-padded input plane in the slab: rows copied as contiguous vectors (the last one
+    shifted back), the halo zeroed; no gather at any stride (strided taps de-interleave in registers)."""
+    g, v = cx.g, cx.kn.lanes
+    lo, hi = g.left, g.left + g.w - 1
+    chunks = _chunks(lo, hi, v)
+    with s.block(f"for i in range({cx.rows}):"):
+        s.line(f"y: T.let = i - {g.top}")
+        with s.block(f"if 0 <= y and y < {g.h}:"):
+            _zero_columns(s, 0, lo)
+            for j0 in chunks:
+                s.line(f"slab[i, T.Ramp({j0}, 1, {v})] = data[b, c, y, T.Ramp({j0 - lo}, 1, {v})]")
+            if not chunks:
+                for j in range(lo, hi + 1):
+                    s.line(f"slab[i, {j}] = data[b, c, y, {j - lo}]")
+            _zero_columns(s, hi + 1, cx.width)
+        with s.block("else:"):
+            _zero_columns(s, 0, cx.width)
+
+
+def _tap(cx: _Ctx, t: int, dy: int, dx: int) -> str:
+    """The statement adding tap ``t`` to the accumulators (inside the rr / u loops)."""
+    g, v = cx.g, cx.kn.lanes
+    row = f"(r0 + rr) * {g.sh} + {dy}" if g.sh > 1 else f"r0 + rr + {dy}"
+    if g.sw == 1 or v == 1:  # contiguous taps (or one lane): a plain vectorized loop over l
+        col = f"c0 + u * {v} + l + {dx}" if g.sw == 1 else f"(c0 + u + l) * {g.sw} + {dx}"
+        return f"acc[rr, u * {v} + l] = acc[rr, u * {v} + l] + w{t} * slab[{row}, {col}]"
+    lanes = ", ".join(str(g.sw * p) for p in cx.perm)
+    load = f"slab[{row}, T.Ramp((c0 + u * {v}) * {g.sw} + {dx}, 1, {v * g.sw})]"
+    cur = f"acc[rr, T.Ramp(u * {v}, 1, {v})]"
+    return f"{cur} = {cur} + T.Broadcast(w{t}, {v}) * T.Shuffle([{load}], [{lanes}])"
+
+
+def _store(s: Script, cx: _Ctx, rows: int, cols: int) -> None:
     v = cx.kn.lanes
-    for ph, pws in _phases(taps, g).items():
-        with s.block(f"for i in range({g.hq}):"):
-            s.line(f"y{ph}: T.let = i * {g.sh} + {ph - g.top}")
-            with s.block(f"if 0 <= y{ph} and y{ph} < {g.h}:"):
-                _pack_row(s, cx, ph, pws, v)
-            with s.block("else:"):
-                for pw in pws:
-                    with s.block(f"for j in T.vectorized({g.wq}):"):
-                        s.line(f"slab[{cx.base(ph, pw)} + i * {g.wq} + j] = T.float32(0)")
-
-
-def _store(s: Script, cx: _Ctx, acc: str, rows: int, cols: int) -> None:
-    value = acc + (" + res[b, c, r0 + rr, c0 + j]" if cx.residual else "")
+    acc = "acc"
+    if cx.perm != list(range(v)):  # undo the accumulators' lane order
+        inverse = [cx.perm.index(j) for j in range(v)]
+        s.line(f"ordered = T.alloc_buffer(({rows}, {cols}), 'float32')")
+        with s.block(f"for rr in T.unroll({rows}):"), s.block(f"for u in T.unroll({cols // v}):"):
+            s.line(f"ordered[rr, T.Ramp(u * {v}, 1, {v})] = T.Shuffle([acc[rr, T.Ramp(u * {v}, 1, {v})]], "
+                   f"{inverse})")
+        acc = "ordered"
+    value = f"{acc}[rr, j]" + (" + res[b, c, r0 + rr, c0 + j]" if cx.residual else "")
     with s.block(f"for rr in T.unroll({rows}):"), s.block(f"for j in T.vectorized({cols}):"):
         s.line(f"out[b, c, r0 + rr, c0 + j] = {epilogue(value, cx.bounds)}")
 
@@ -167,12 +174,13 @@ def _blocks(s: Script, cx: _Ctx, taps: list[tuple[int, int]]) -> None:
         with s.block(f"for rr in T.unroll({r}):"), s.block(f"for j in T.vectorized({nr}):"):
             s.line(f"acc[rr, j] = {'bc' if cx.bias else 'T.float32(0)'}")
         for t, (dy, dx) in enumerate(taps):
-            src = (f"slab[{cx.base(dy % g.sh, dx % g.sw)} + (r0 + rr + {dy // g.sh}) * {g.wq} + c0 + u * {v} + l"
-                   f" + {dx // g.sw}]")  # fmt: skip
-            with s.block(f"for rr in T.unroll({r}):"), s.block(f"for u in T.unroll({nv}):"), \
-                    s.block(f"for l in T.vectorized({v}):"):
-                s.line(f"acc[rr, u * {v} + l] = acc[rr, u * {v} + l] + w{t} * {src}")
-        _store(s, cx, "acc[rr, j]", r, nr)
+            with s.block(f"for rr in T.unroll({r}):"), s.block(f"for u in T.unroll({nv}):"):
+                if g.sw == 1 or v == 1:
+                    with s.block(f"for l in T.vectorized({v}):"):
+                        s.line(_tap(cx, t, dy, dx))
+                else:
+                    s.line(_tap(cx, t, dy, dx))
+        _store(s, cx, r, nr)
 
 
 def _empty(s: Script, cx: _Ctx) -> None:
@@ -201,7 +209,7 @@ def _group(s: Script, cx: _Ctx, packed: DepthwisePatterns, p: int, wstart: int) 
         s.lines(f"w{t}: T.let = weights[{wstart} + (pos - {lo}) * {len(taps)} + {t}]" for t in range(len(taps)))
         with s.block(f"for b in range({cx.g.n}):"):
             if taps:
-                _pack(s, cx, taps)
+                _pack(s, cx)
                 _blocks(s, cx, taps)
             else:
                 _empty(s, cx)
@@ -221,7 +229,7 @@ def _source(packed: DepthwisePatterns, cx: _Ctx) -> Script:
     wstarts = packed.weight_starts()
     with s.prim_func("pattern_depthwise_conv2d", params, {"tirx.noalias": True}), \
             s.block(f"for t in T.parallel({kn.threads}):"):
-        s.line(f"slab = T.alloc_buffer(({g.sh * g.sw * cx.plane},), 'float32')")
+        s.line(f"slab = T.alloc_buffer(({cx.rows}, {cx.width}), 'float32')")
         for p in range(packed.k + 1):
             _group(s, cx, packed, p, int(wstarts[min(p, packed.k)]))
     return s
