@@ -11,6 +11,7 @@ from tvm.ir import IRModule
 
 from ..errors import TvmPatternError
 from ..passes import (
+    BlockSparseDense,
     ConvLayer,
     DefaultDenseKernels,
     DefaultKernels,
@@ -18,6 +19,7 @@ from ..passes import (
     DenseKernels,
     DenseLayer,
     KernelProvider,
+    PatternDepthwiseConv2d,
     PatternSparseConv2d,
     ProvidedKernel,
 )
@@ -40,9 +42,11 @@ def extract_tasks(mod: IRModule, target: object = "x86", library=None, dense_ker
     ``DenseKernels`` pass), "all" (and every other op ``build`` leaves to TVM, as ``ops.OpTask``\\ s in
     MetaSchedule's default space).
 
-    Runs the same passes as ``pipeline.build`` (``dense_kernel`` alike) with collecting kernel providers, so the
-    tasks are exactly the kernels a compile generates. Layers whose workload IR is identical share one task: the
-    database keys records by that IR, so one record serves them all.
+    Runs the same passes as ``pipeline.build``, in its order (``dense_kernel`` alike; keep the two in step), with
+    collecting kernel providers, so the tasks are exactly the kernels a compile generates. The pattern-sparse
+    depthwise and block-sparse kernels have no template to tune (they are skipped, like every project kernel).
+    Layers whose workload IR is identical share one task: the database keys records by that IR, so one record
+    serves them all.
     """
     if ops not in OPS:
         raise TvmPatternError(f"ops must be one of {list(OPS)}, got {ops!r}")
@@ -55,6 +59,8 @@ def extract_tasks(mod: IRModule, target: object = "x86", library=None, dense_ker
     dense = DenseTaskCollector()
     with target:
         mod = sparse(mod)
+        if ops != "sparse":  # as pipeline.build: the other sparse kernels take their layers before the dense pass
+            mod = BlockSparseDense(target=target)(PatternDepthwiseConv2d(target=target)(mod))
         if dense_ops and ops != "sparse":
             mod = DenseKernels(target=target, provider=dense)(mod)
     found = [*collector.tasks, *dense.tasks]
