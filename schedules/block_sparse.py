@@ -39,6 +39,7 @@ NAME = "block_sparse"
 MAX_DENSITY = 0.4  # the sparse kernels pay below this density (measured: /work/notes/bench_block_sparse.py)
 FMA_LATENCY = 4  # cycles; each accumulator takes one FMA per kept column, so a step lasts at least this long
 GPU_THREADS = 64  # work-group size of the OpenCL variants
+SHORT_BLOCK = 32  # kept columns per block below which the longer pixel tile wins ties
 CHUNK_BYTES = 128 << 10  # packed weights per block chunk (kept in L2 while the pixel tiles stream)
 
 
@@ -57,7 +58,11 @@ def conv2d_knobs(packed: BlockSparse, data_shape, strides=(1, 1), padding=(0, 0,
     info = cpu_info(target)
     s = conv_shape(packed, data_shape, strides, padding)
     best, best_cost = None, float("inf")
-    for nv in (1, 2, 4):
+    # Ties (the model often has them) go to the longer pixel tile when blocks keep few columns (measured at 8x:
+    # 16->96@112 1.0 -> 0.25 ms, 64->256@56 0.43 -> 0.26 ms) and to the taller block when they keep many
+    # (2048->512@7: 0.43 vs 0.50 ms), where a second pass re-reads every column's index and input vectors.
+    few = packed.kept.mean() < SHORT_BLOCK if packed.blocks else True
+    for nv in (4, 2, 1) if few else (1, 2, 4):
         for mr in range(1, packed.group + 1):
             if packed.group % mr or mr * nv + nv + 2 > info.registers or mr * nv > 28:
                 continue
