@@ -30,10 +30,13 @@ def _ours_worker(spec: dict) -> dict:
     os.environ["TVM_NUM_THREADS"] = str(threads)  # already set by the parent; before the first run either way
     target = "x86" if threads == host_cores() else host_target(threads)
     reports: list = []
+    sparse_reports: list = []
+    dense_reports: list = []
     tuned_dense: list = []
     t0, c0 = time.perf_counter(), time.process_time()
     lib = compiler.compile_file(spec["onnx"], target, spec["lib"], reports=reports, database=spec.get("db"),
-                                tuned_dense=tuned_dense)  # fmt: skip
+                                tuned_dense=tuned_dense, sparse_reports=sparse_reports,
+                                dense_reports=dense_reports)  # fmt: skip
     compile_s, compile_cpu_s = time.perf_counter() - t0, time.process_time() - c0
     model = compiler.load(lib)
     x = tvm.runtime.tensor(np.load(spec["input"]), model.device)
@@ -45,9 +48,30 @@ def _ours_worker(spec: dict) -> dict:
         "setup_s": compile_s, "compile_s": compile_s, "compile_cpu_s": compile_cpu_s,
         "info": {"target": str(resolve_target(target))},
         "sparse_convs": sum(bool(getattr(r, "sparse", False)) for r in reports), "convs": len(reports),
+        **sparse_layers(reports, sparse_reports, dense_reports),
         "breakdown": rows, "database": spec.get("db"),
         "tuned": {"sparse": sum(bool(getattr(r, "tuned", False)) for r in reports), "dense": len(tuned_dense)},
     }  # fmt: skip
+
+
+def sparse_layers(reports: list, sparse_reports: list, dense_reports: list) -> dict:
+    """How many of the model's conv / linear layers run a sparse kernel, per kind, and how many layers in all."""
+    from ..passes import BlockSparseReport, ConvReport, DepthwiseReport
+    from ..pipeline.compile import final_reports
+
+    final = final_reports([reports, sparse_reports, dense_reports])
+    kinds: dict[str, int] = {}
+    for r in final:
+        if isinstance(r, ConvReport) and r.sparse:
+            kind = "3x3"
+        elif isinstance(r, DepthwiseReport) and r.rewritten:
+            kind = "depthwise"
+        elif isinstance(r, BlockSparseReport) and r.rewritten:
+            kind = "1x1" if r.op == "conv1x1" else "linear"
+        else:
+            continue
+        kinds[kind] = kinds.get(kind, 0) + 1
+    return {"sparse_layers": kinds, "layers": len(final)}
 
 
 def _first(value):
