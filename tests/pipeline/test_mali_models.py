@@ -21,6 +21,7 @@ import numpy as np
 import pytest
 import torch
 import tvm
+import tvm_ffi
 from torch import nn
 
 from tvm_pattern.bench import models
@@ -211,6 +212,19 @@ def test_a_rule_that_schedules_nothing_is_a_clear_error(tmp_path) -> None:
     mod = onnx_module(nn.ReLU(), (1, 4), tmp_path)
     with pytest.raises(Exception, match="no dlight GPU rule schedules"):
         gpu.schedule(mod, TARGET, gpu.ScheduleGPU(rules=[]))
+
+
+def test_kernels_that_bind_their_own_threads_are_left_alone(tmp_path) -> None:
+    """A generated GPU kernel without the ``tirx.is_scheduled`` mark (the block-sparse ones) is not rescheduled:
+    dlight's rules would reject its thread-bound body and fail the build."""
+    scheduled = gpu.schedule(onnx_module(nn.ReLU(), (1, 4), tmp_path), TARGET)
+    gvar = next(g for g, f in scheduled.functions_items() if isinstance(f, tvm.tirx.PrimFunc))
+    kernel = scheduled[gvar].without_attr("tirx.is_scheduled")
+    scheduled[gvar] = kernel
+    again = gpu.ScheduleGPU()
+    with TARGET:
+        result = again(scheduled)
+    assert not again.chosen and tvm_ffi.structural_equal(result[gvar], kernel)
 
 
 def relax_ops(mod: tvm.IRModule) -> set[str]:

@@ -6,7 +6,8 @@ build when one rule crashes on a function it should have declined: dlight 0.27's
 depthwise conv over a 1x1 map (MobileNet-V2's last blocks at 32x32 input) instead of returning None.
 ``ScheduleGPU`` applies the same rules in the same order, treats a rule that raises as not applicable, so the
 next one (at worst ``Fallback``) schedules the function, and fails naming the function if none does. The
-project's pattern-sparse Mali kernels come scheduled (``tirx.is_scheduled``) and are left alone.
+project's pattern-sparse Mali kernels come scheduled (``tirx.is_scheduled``), and kernels that bind their own
+threads (the block-sparse GPU kernels) count as scheduled: both are left alone.
 
 ``fold_weight_ops`` runs first: it folds with numpy the reshapes / ``isnan`` / ``where`` that the ONNX importer
 puts on weights and ``Clip`` bounds, which ``FoldConstant`` folds by building a kernel for each (MobileNet-V2:
@@ -24,6 +25,7 @@ from collections.abc import Sequence
 
 import numpy as np
 import tvm
+import tvm_ffi
 from tvm import relax, tirx
 from tvm.ir import IRModule
 from tvm.relax.backend import gpu_generic
@@ -46,7 +48,21 @@ def gpu_rules() -> list[dl.ScheduleRule]:
 
 
 def _is_scheduled(func: tirx.PrimFunc) -> bool:
-    return bool((func.attrs or {}).get("tirx.is_scheduled", False))
+    """Marked scheduled, or a hand-written GPU kernel that binds its own threads (a generated sparse kernel)."""
+    if (func.attrs or {}).get("tirx.is_scheduled", False):
+        return True
+    found = []
+
+    def visit_attr(node: tirx.AttrStmt) -> None:
+        if node.attr_key in ("thread_extent", "virtual_thread"):
+            found.append(node)
+
+    def visit_for(node: tirx.For) -> None:
+        if node.kind == tirx.ForKind.THREAD_BINDING:
+            found.append(node)
+
+    tvm_ffi.structural_walk(func.body, [(tirx.AttrStmt, visit_attr), (tirx.For, visit_for)], order="post")
+    return bool(found)
 
 
 @tvm.transform.module_pass(opt_level=0, name="ScheduleGPU")
