@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 import tvm
+import tvm_ffi
 from torch import nn
 from tvm import relax
 
@@ -123,3 +124,15 @@ def test_strict_accepts_unpruned(tmp_path):
     with TARGET:
         dw(import_onnx(path))
     assert len(dw.summary) == 1 and not dw.summary[0].rewritten
+
+
+def test_gpu_targets_leave_pruned_depthwise_convs_to_the_dense_path(block):
+    """No Mali kernel yet: a pruned depthwise conv stays (saying why; not a strict-mode error: it still runs)."""
+    mod, _, _ = block
+    from tvm_pattern.targets import resolve_target
+
+    dw = PatternDepthwiseConv2d(target=resolve_target("mali"))
+    out = dw(mod)
+    assert not dw.rewritten and len(dw.summary) == 6
+    assert sum("no pattern depthwise kernel for opencl" in r.reason for r in dw.summary) == 4  # dw1-dw4
+    assert tvm_ffi.structural_equal(out, mod)

@@ -171,6 +171,9 @@ class PatternDepthwiseConv2d:
         if epi.scale is not None:  # scaling channels keeps every zero: the patterns are unchanged
             weight = (weight * epi.scale.reshape(-1, 1, 1, 1)).astype(np.float32)
         packed = _pack(weight, self.max_taps)
+        target = self._target()
+        if target is not None and target.kind.name != "llvm":  # not a strict-mode error: the op still runs
+            raise _Dense(f"no pattern depthwise kernel for {target.kind.name} targets yet (the dense path runs it)")
         activation = None if epi.bounds is None else ("clip", *epi.bounds)
         try:
             strides = tuple(int(s) for s in call.attrs.strides)
