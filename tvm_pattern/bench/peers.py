@@ -329,6 +329,15 @@ def _within(ours: dict, reference: str | None) -> bool | None:
     return ours.get("max_rel_err") is not None and ours["max_rel_err"] <= TOLERANCE
 
 
+def sparse_note(r: dict) -> str:
+    """"31/53 layers sparse (3x3 13, 1x1 16, ...)": our sparse kernels among all conv / linear layers."""
+    kinds = r.get("sparse_layers")
+    if kinds is None:  # a result from before the per-kind counts
+        return f"{r['sparse_convs']}/{r['convs']} convs sparse"
+    detail = ", ".join(f"{k} {n}" for k, n in kinds.items())
+    return f"{sum(kinds.values())}/{r['layers']} layers sparse" + (f" ({detail})" if detail else "")
+
+
 def table(result: dict) -> str:
     """One row per runtime: median ms, speed-up over the reference, max relative error vs the reference."""
     ref = result["reference"]
@@ -343,8 +352,7 @@ def table(result: dict) -> str:
             lines.append(f"{r['label']:<30}{'-':>10}{'-':>18}{'-':>14}  {r['status']}: {r['reason']}")
             continue
         err = "-" if r.get("max_rel_err") is None else f"{r['max_rel_err']:.1e}"
-        note = f"compile {r['compile_s']:.1f} s, {r['sparse_convs']}/{r['convs']} convs sparse" \
-            if r["runtime"] == "ours" else r.get("version", "")  # fmt: skip
+        note = f"compile {r['compile_s']:.1f} s, {sparse_note(r)}" if r["runtime"] == "ours" else r.get("version", "")
         if r.get("database"):
             note = f"{note}, tuned: {r['tuned']['sparse']} sparse + {r['tuned']['dense']} dense kernels from --db"
         if r["runtime"] == ref:
