@@ -5,10 +5,12 @@ stays in the original channel order); the generator emits one loop per pattern w
 taps as literals, so a channel with 4 of 9 taps costs 4 FMAs per output vector, not 9. Threads take
 contiguous runs of the grouped channels, balanced by taps (``tsplit``). Per channel:
 
-- the zero-padded input plane is packed into a thread-local slab split into stride phases
-  (``slab[ph, pw, i, j] = pad(x)[i*sh + ph, j*sw + pw]``), only the phases the pattern's taps read. Rows are
-  copied as contiguous vectors of ``sw * V`` inputs; with stride 2 each is de-interleaved into its ``sw``
-  phases by shuffles (no scalar gather); the few halo columns are literal scalar copies or zeros;
+- the blocks read the input straight from ``data``: interior blocks (every tap in range) run in loops with no
+  bounds logic; the edge blocks are peeled with literal offsets, out-of-range tap rows dropped and
+  out-of-range lanes zeroed by one shuffle against a zero vector (the load clamped into the row). With
+  stride 2 a load of ``sw * V`` inputs is de-interleaved by shuffles (no scalar gather). Only inputs
+  narrower than one such load fall back to packing a zero-padded copy of the plane into a thread-local
+  slab (``slab[i, j] = pad(x)[i, j]``);
 - an ``R`` rows x ``NV`` vectors output block accumulates the pattern's taps (tap offsets literal, weights
   broadcast once per channel, loads shared by taps / rows CSE'd by LLVM on the unrolled block). Edge blocks
   are shifted back to end on the edge (full blocks, vector stores, a few outputs recomputed);
@@ -147,19 +149,134 @@ def _tap(cx: _Ctx, t: int, dy: int, dx: int) -> str:
     return f"{cur} = {cur} + T.Broadcast(w{t}, {v}) * T.Shuffle([{load}], [{lanes}])"
 
 
-def _store(s: Script, cx: _Ctx, rows: int, cols: int) -> None:
+def _store(s: Script, cx: _Ctx, rows: int, cols: int, acc: str = "acc", r0: str = "r0", c0: str = "c0") -> None:
     v = cx.kn.lanes
-    acc = "acc"
     if cx.perm != list(range(v)):  # undo the accumulators' lane order
         inverse = [cx.perm.index(j) for j in range(v)]
-        s.line(f"ordered = T.alloc_buffer(({rows}, {cols}), 'float32')")
+        ordered = f"ordered{acc[3:]}"
+        s.line(f"{ordered} = T.alloc_buffer(({rows}, {cols}), 'float32')")
         with s.block(f"for rr in T.unroll({rows}):"), s.block(f"for u in T.unroll({cols // v}):"):
-            s.line(f"ordered[rr, T.Ramp(u * {v}, 1, {v})] = T.Shuffle([acc[rr, T.Ramp(u * {v}, 1, {v})]], "
+            s.line(f"{ordered}[rr, T.Ramp(u * {v}, 1, {v})] = T.Shuffle([{acc}[rr, T.Ramp(u * {v}, 1, {v})]], "
                    f"{inverse})")
-        acc = "ordered"
-    value = f"{acc}[rr, j]" + (" + res[b, c, r0 + rr, c0 + j]" if cx.residual else "")
+        acc = ordered
+    value = f"{acc}[rr, j]" + (f" + res[b, c, {r0} + rr, {c0} + j]" if cx.residual else "")
     with s.block(f"for rr in T.unroll({rows}):"), s.block(f"for j in T.vectorized({cols}):"):
-        s.line(f"out[b, c, r0 + rr, c0 + j] = {epilogue(value, cx.bounds)}")
+        s.line(f"out[b, c, {r0} + rr, {c0} + j] = {epilogue(value, cx.bounds)}")
+
+
+def _starts(n: int, size: int) -> list[int]:
+    """Starts of ``size``-long blocks covering ``[0, n)``, the last one shifted back to end on the edge."""
+    return [min(i * size, n - size) for i in range(-(-n // size))]
+
+
+def _split(starts: list[int], size: int, inside) -> tuple[list[int], list[int], range]:
+    """Block starts split into literal ones before / after a loop over the interior run ``i * size`` (blocks
+    whose every tap is in range), so the loop needs no bounds logic."""
+    run = [i for i, st in enumerate(starts) if st == i * size and inside(st)]
+    if not run:
+        return starts, [], range(0)
+    lo, hi = run[0], run[-1] + 1
+    return starts[:lo], starts[hi:], range(lo, hi)
+
+
+def _direct_tap(cx: _Ctx, name: str, t: int, tap: tuple[int, int], rr: int, u: int, r0: int | None,
+                c0: int | None) -> str | None:  # fmt: skip
+    """Tap ``t`` for accumulator row ``rr``, vector ``u``, read straight from ``data``. A literal ``r0`` / ``c0``
+    (edge block) drops out-of-range rows and zeroes out-of-range lanes with one shuffle against a zero vector;
+    ``None`` (interior loop) reads unguarded. ``None`` returned: nothing of the tap is in range."""
+    g, v = cx.g, cx.kn.lanes
+    dy, dx = tap
+    length = v * g.sw if v > 1 else 1
+    if r0 is None:
+        row = f"(r0 + {rr}) * {g.sh} + {dy - g.top}"
+    else:
+        y = (r0 + rr) * g.sh + dy - g.top
+        if not 0 <= y < g.h:
+            return None
+        row = str(y)
+    acc = f"{name}[{rr}, T.Ramp({u * v}, 1, {v})]" if v > 1 else f"{name}[{rr}, {u}]"
+    if c0 is None:
+        col = f"(c0 + {u * v}) * {g.sw} + {dx - g.left}"
+        if v == 1:
+            return f"{acc} = {acc} + w{t} * data[b, c, {row}, {col}]"
+        load = f"data[b, c, {row}, T.Ramp({col}, 1, {length})]"
+        if g.sw > 1:
+            load = f"T.Shuffle([{load}], [{', '.join(str(g.sw * q) for q in cx.perm)}])"
+        return f"{acc} = {acc} + T.Broadcast(w{t}, {v}) * {load}"
+    first = (c0 + u * v) * g.sw + dx - g.left
+    need = [first + g.sw * q for q in cx.perm]
+    if not any(0 <= x < g.w for x in need):
+        return None
+    if v == 1:
+        return f"{acc} = {acc} + w{t} * data[b, c, {row}, {need[0]}]"
+    at = min(max(first, 0), g.w - length)
+    idx = [x - at if 0 <= x < g.w else length for x in need]
+    load = f"data[b, c, {row}, T.Ramp({at}, 1, {length})]"
+    if idx != list(range(v)) or length != v:
+        zero = f", T.Broadcast(T.float32(0), {length})" if length in idx else ""
+        load = f"T.Shuffle([{load}{zero}], {idx})"
+    return f"{acc} = {acc} + T.Broadcast(w{t}, {v}) * {load}"
+
+
+def _direct_block(s: Script, cx: _Ctx, taps: list[tuple[int, int]], r0: int | None, c0: int | None) -> None:
+    """One R x NV register block read straight from ``data`` (``r0`` / ``c0`` literal at an edge, else the
+    loop's ``r0`` / ``c0`` variables); literal blocks get their own buffer names (one scope holds several)."""
+    kn = cx.kn
+    r, nv, v = kn.rows, kn.nv, kn.lanes
+    name = "acc" if r0 is None and c0 is None else f"acc_{'r' if r0 is None else r0}_{'c' if c0 is None else c0}"
+    s.line(f"{name} = T.alloc_buffer(({r}, {nv * v}), 'float32')")
+    with s.block(f"for rr in T.unroll({r}):"), s.block(f"for j in T.vectorized({nv * v}):"):
+        s.line(f"{name}[rr, j] = {'bc' if cx.bias else 'T.float32(0)'}")
+    for t, tap in enumerate(taps):
+        for rr in range(r):
+            for u in range(nv):
+                line = _direct_tap(cx, name, t, tap, rr, u, r0, c0)
+                if line is not None:
+                    s.line(line)
+    _store(s, cx, r, nv * v, name, "r0" if r0 is None else str(r0), "c0" if c0 is None else str(c0))
+
+
+def direct_ok(g: DepthwiseGeometry, kn: PatternDepthwiseKnobs) -> bool:
+    """Whether the blocks can read ``data`` directly: every clamped vector load fits in an input row."""
+    return g.w >= (kn.lanes * g.sw if kn.lanes > 1 else 1)
+
+
+def _direct(s: Script, cx: _Ctx, taps: list[tuple[int, int]]) -> None:
+    """The output plane without a padded copy: interior blocks in loops, edge blocks peeled with literal
+    offsets (out-of-range rows dropped, out-of-range columns zeroed in registers)."""
+    g, kn = cx.g, cx.kn
+    r, nr = kn.rows, kn.nv * kn.lanes
+    dys, dxs = [dy for dy, _ in taps], [dx for _, dx in taps]
+    span = kn.lanes * g.sw if kn.lanes > 1 else 1
+
+    def row_in(r0: int) -> bool:
+        return r0 * g.sh + min(dys) - g.top >= 0 and (r0 + r - 1) * g.sh + max(dys) - g.top < g.h
+
+    def col_in(c0: int) -> bool:
+        return c0 * g.sw + min(dxs) - g.left >= 0 and \
+            (c0 + nr - kn.lanes) * g.sw + max(dxs) - g.left + span <= g.w  # fmt: skip
+
+    rows = _split(_starts(g.oh, r), r, row_in)
+    cols = _split(_starts(g.ow, nr), nr, col_in)
+
+    def row_part(r0: int | None) -> None:
+        for c0 in cols[0]:
+            _direct_block(s, cx, taps, r0, c0)
+        if cols[2]:
+            with s.block(f"for cb in range({cols[2].start}, {cols[2].stop}):"):
+                s.line(f"c0: T.let = cb * {nr}")
+                _direct_block(s, cx, taps, r0, None)
+        for c0 in cols[1]:
+            _direct_block(s, cx, taps, r0, c0)
+
+    for r0 in rows[0]:
+        row_part(r0)
+    if rows[2]:
+        with s.block(f"for rb in range({rows[2].start}, {rows[2].stop}):"):
+            s.line(f"r0: T.let = rb * {r}")
+            row_part(None)
+    for r0 in rows[1]:
+        row_part(r0)
 
 
 def _blocks(s: Script, cx: _Ctx, taps: list[tuple[int, int]]) -> None:
@@ -208,7 +325,9 @@ def _group(s: Script, cx: _Ctx, packed: DepthwisePatterns, p: int, wstart: int) 
             s.line("bc: T.let = bias[c]")
         s.lines(f"w{t}: T.let = weights[{wstart} + (pos - {lo}) * {len(taps)} + {t}]" for t in range(len(taps)))
         with s.block(f"for b in range({cx.g.n}):"):
-            if taps:
+            if taps and direct_ok(cx.g, cx.kn):
+                _direct(s, cx, taps)
+            elif taps:
                 _pack(s, cx)
                 _blocks(s, cx, taps)
             else:
@@ -229,7 +348,8 @@ def _source(packed: DepthwisePatterns, cx: _Ctx) -> Script:
     wstarts = packed.weight_starts()
     with s.prim_func("pattern_depthwise_conv2d", params, {"tirx.noalias": True}), \
             s.block(f"for t in T.parallel({kn.threads}):"):
-        s.line(f"slab = T.alloc_buffer(({cx.rows}, {cx.width}), 'float32')")
+        if not direct_ok(g, kn):
+            s.line(f"slab = T.alloc_buffer(({cx.rows}, {cx.width}), 'float32')")
         for p in range(packed.k + 1):
             _group(s, cx, packed, p, int(wstarts[min(p, packed.k)]))
     return s
