@@ -10,7 +10,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tvm_pattern.errors import PatternError, TvmPatternError
-from tvm_pattern.kernels.pattern_depthwise import PatternDepthwiseKnobs, pattern_depthwise, thread_split
+from tvm_pattern.kernels.depthwise_conv2d import geometry
+from tvm_pattern.kernels.pattern_depthwise import (
+    PatternDepthwiseKnobs,
+    direct_ok,
+    fit_knobs,
+    pattern_depthwise,
+    thread_split,
+)
 from tvm_pattern.schedules.pattern_depthwise import default_knobs, depthwise, pays
 from tvm_pattern.sparsity.depthwise import pack_depthwise, unpack_depthwise
 
@@ -112,6 +119,17 @@ def test_random_layers(c, h, w, k, sh, sw, pad, patterns, taps, empty, bias, act
 def test_knobs(rows, nv, lanes, threads, s):
     check(pruned(7, seed=rows), 13, 37, (s, s), (1, 1, 1, 1), True, "relu6", True,
           knobs=PatternDepthwiseKnobs(rows, nv, lanes, threads))
+
+
+@pytest.mark.parametrize("h,w,k,s,pad,direct", [(9, 3, 3, (2, 2), (2, 2, 2, 2), False),
+                                                (20, 70, 5, (2, 2), (2, 1, 0, 2), True),
+                                                (17, 45, 3, (1, 2), (0, 2, 1, 0), True)])
+def test_direct_reads_and_padded_fallback(h, w, k, s, pad, direct):
+    """Wide inputs read ``data`` directly (peeled edges with asymmetric pads); narrow ones pack a padded copy."""
+    kn = PatternDepthwiseKnobs(3, 2, 4, 2)
+    g = geometry((5, 1, k, k), (1, 5, h, w), s, pad)
+    assert direct_ok(g, fit_knobs(kn, g)) == direct
+    check(pruned(5, k, seed=h), h, w, s, pad, True, "relu6", True, knobs=kn)
 
 
 def test_default_knobs_and_pays():
