@@ -38,6 +38,9 @@ __all__ = ["FMA_LATENCY", "GPU_THREADS", "MAX_DENSITY", "NAME", "conv2d", "conv2
 NAME = "block_sparse"
 MAX_DENSITY = 0.4  # the sparse kernels pay below this density (measured: /work/notes/bench_block_sparse.py)
 FMA_LATENCY = 4  # cycles; each accumulator takes one FMA per kept column, so a step lasts at least this long
+# A conv step lasts at least this long: the FMA latency plus slack for the scattered input loads that feed it
+# (measured at 8x, G=4, AVX2: 4x3 accumulators beat 4x2, e.g. 512->256@28 0.48 -> 0.41 ms, 1 thread)
+ACC_LATENCY = 5
 GPU_THREADS = 64  # work-group size of the OpenCL variants
 SHORT_BLOCK = 32  # kept columns per block below which the longer pixel tile wins ties
 CHUNK_BYTES = 128 << 10  # packed weights per block chunk (kept in L2 while the pixel tiles stream)
@@ -48,7 +51,7 @@ def _conv_cost(s: ConvShape, packed: BlockSparse, mr: int, nv: int, lanes: int, 
     the index), at least the FMA latency; per (block, pass, tile) ~30 cycles and the stores."""
     tiles = -(-s.pixels // (nv * lanes))
     passes = packed.group // mr
-    step = max(mr * nv / info.fma_pipes, (nv + mr + 1) / 2, FMA_LATENCY)
+    step = max(mr * nv / info.fma_pipes, (nv + mr + 1) / 2, ACC_LATENCY)
     columns = float(packed.kept.sum())
     return tiles * passes * (columns * step + packed.blocks * (30 + mr * nv))
 
@@ -62,9 +65,9 @@ def conv2d_knobs(packed: BlockSparse, data_shape, strides=(1, 1), padding=(0, 0,
     # 16->96@112 1.0 -> 0.25 ms, 64->256@56 0.43 -> 0.26 ms) and to the taller block when they keep many
     # (2048->512@7: 0.43 vs 0.50 ms), where a second pass re-reads every column's index and input vectors.
     few = packed.kept.mean() < SHORT_BLOCK if packed.blocks else True
-    for nv in (4, 2, 1) if few else (1, 2, 4):
+    for nv in (4, 3, 2, 1) if few else (1, 2, 3, 4):
         for mr in range(1, packed.group + 1):
-            if packed.group % mr or mr * nv + nv + 2 > info.registers or mr * nv > 28:
+            if packed.group % mr or mr * nv + 2 > info.registers or mr * nv > 28:
                 continue
             k = fit_conv_knobs(BlockConvKnobs(mr, nv, info.lanes, 1, 1, info.cores), s, packed.group)
             if (k.mr, k.nv) != (mr, nv):

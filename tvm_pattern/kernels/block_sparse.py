@@ -88,6 +88,11 @@ class ConvShape:
         return (self.sh, self.sw, self.top, self.left, self.oh, self.ow) == (1, 1, 0, 0, self.h, self.w)
 
     @property
+    def inside(self) -> bool:
+        """No output pixel reads padding (a strided unpadded conv)."""
+        return (self.top, self.left) == (0, 0) and (self.oh - 1) * self.sh < self.h and (self.ow - 1) * self.sw < self.w
+
+    @property
     def pixels(self) -> int:
         return self.oh * self.ow
 
@@ -168,6 +173,11 @@ def fit_conv_knobs(knobs: BlockConvKnobs, s: ConvShape, group: int) -> BlockConv
 def _copy_source(script: Script, s: ConvShape) -> None:
     """The pixels a strided / padded 1x1 conv reads, as a contiguous (C, OH*OW) buffer, zero padding included."""
     with script.block(f"for c in T.parallel({s.c}):"), script.block(f"for i in range({s.oh}):"):
+        if s.inside:  # no padding read: a plain strided copy, no bounds tests per pixel
+            script.line(f"src0: T.let = (b * {s.c} + c) * {s.h * s.w} + i * {s.sh * s.w}")
+            with script.block(f"for j in range({s.ow}):"):
+                script.line(f"xs[c * {s.pixels} + i * {s.ow} + j] = dflat[src0 + j * {s.sw}]")
+            return
         script.line(f"y: T.let = i * {s.sh} - {s.top}")
         with script.block(f"for j in range({s.ow}):"):
             script.line(f"x: T.let = j * {s.sw} - {s.left}")
@@ -186,8 +196,9 @@ def _tile_source(script: Script, s: ConvShape, kn: BlockConvKnobs, g: int, bias:
         script.line("blk: T.let = bsplit[bc] + bi", "e0: T.let = offsets[blk]")
         with script.block(f"for sb in range({g // mr}):"):
             script.line(f"r0: T.let = blk * {g} + sb * {mr}", f"acc = T.alloc_buffer(({mr}, {nr}), 'float32')")
-            with script.block(f"for m in T.unroll({mr}):"), script.block(f"for j in T.vectorized({nr}):"):
-                script.line(f"acc[m, j] = {'bias[r0 + m]' if bias else 'T.float32(0)'}")
+            with script.block(f"for m in T.unroll({mr}):"), script.block(f"for u in T.unroll({nv}):"), \
+                    script.block(f"for l in T.vectorized({v}):"):  # one register per (m, u), any NV
+                script.line(f"acc[m, u * {v} + l] = {'bias[r0 + m]' if bias else 'T.float32(0)'}")
             with script.block("for k in range(offsets[blk + 1] - e0):"):
                 script.line("e: T.let = e0 + k", f"xo: T.let = {base}xoff[e] + p0")
                 with script.block(f"for m in T.unroll({mr}):"):
@@ -197,9 +208,9 @@ def _tile_source(script: Script, s: ConvShape, kn: BlockConvKnobs, g: int, bias:
             rows = script.block(f"if r0 + m < {s.oc}:") if s.oc % g else contextlib.nullcontext()
             with script.block(f"for m in T.unroll({mr}):"), rows:  # padding rows of the last block: no store
                 script.line(f"ob: T.let = (b * {s.oc} + r0 + m) * {s.pixels} + p0")
-                value = "acc[m, j]" + (" + rflat[ob + j]" if residual else "")
-                with script.block(f"for j in T.vectorized({nr}):"):
-                    script.line(f"oflat[ob + j] = {epilogue(value, bounds)}")
+                value = f"acc[m, u * {v} + l]" + (f" + rflat[ob + u * {v} + l]" if residual else "")
+                with script.block(f"for u in T.unroll({nv}):"), script.block(f"for l in T.vectorized({v}):"):
+                    script.line(f"oflat[ob + u * {v} + l] = {epilogue(value, bounds)}")
 
 
 def _conv_source(s: ConvShape, packed: BlockSparse, kn: BlockConvKnobs, bias: bool, residual: bool,
