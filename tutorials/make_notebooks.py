@@ -113,8 +113,8 @@ PRUNING = [
         "        ('patterns + connectivity', result.final_accuracy)]\n"
         "for name, acc in rows:\n"
         "    print(f'{name:<25} {acc:7.2%}  {100 * (acc - result.dense_accuracy):+.2f} pts')\n"
-        "for layer in result.layers:\n"
-        "    print(layer['name'], layer['kept_kernels'], '/', layer['total_kernels'],\n"
+        "for layer in result.layers:  # every conv and linear layer: its type, density, or why it stayed dense\n"
+        "    print(f\"{layer['name']:<14} {layer['type']:<10} density {layer['density']:.3f}\",\n"
         "          'pruned' if layer['pruned'] else 'dense: ' + layer['reason'])\n"
         "assert result.final_accuracy > 0.5"
     ),

@@ -15,6 +15,7 @@ Emulated times mean nothing; these check that the NEON code is right. The phone 
 from __future__ import annotations
 
 import re
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,7 +33,9 @@ from tvm_pattern.kernels.dense import DenseKnobs
 from tvm_pattern.kernels.dense_common import DenseKernel
 from tvm_pattern.kernels.dense_conv2d import ConvKnobs
 from tvm_pattern.kernels.depthwise_conv2d import DepthwiseKnobs
+from tvm_pattern.passes import BlockSparseReport, ConvReport, DenseReport, DepthwiseReport
 from tvm_pattern.pipeline import compile_file
+from tvm_pattern.pipeline.compile import final_reports
 from tvm_pattern.schedules import dense_cpu
 from tvm_pattern.targets import arm_target
 
@@ -42,7 +45,7 @@ REL_ERR = 1e-4
 # reduced models: (builder kwargs, compression, input size); 56 px gives 7x7 and odd maps deeper down
 MODELS = {
     "resnet50": ({"scale": 0.25, "num_classes": 10}, 8.0, 56),
-    "mobilenetv2": ({"scale": 0.25, "num_classes": 10}, None, 56),
+    "mobilenetv2": ({"scale": 0.25, "num_classes": 10}, 8.0, 56),  # dense depthwise: the template tests
     "vgg16": ({"scale": 0.125, "num_classes": 10, "pool": 2}, 8.0, 64),
 }
 
@@ -281,31 +284,37 @@ def test_dense_templates_use_neon_fma():
 
 
 def _model(name: str, tmp_path: Path):
-    """The reduced model, pruned, as ONNX; a random input and PyTorch's output on it."""
+    """The reduced model, pruned one-shot in every layer type, as ONNX; a random input, PyTorch's output on it,
+    the pruning report's layers."""
     kwargs, compression, size = MODELS[name]
     model = models.build(name, seed=0, size=size, **kwargs)
-    models.prune_model(model, compression)
+    pruned = models.prune_model(model, compression)["layers"]
     onnx_path = models.export_onnx(model, tmp_path / f"{name}.onnx", size=size)
     x = np.random.default_rng(1).standard_normal((1, 3, size, size)).astype(np.float32)
     with torch.no_grad():
         want = model(torch.from_numpy(x)).numpy()
-    return model, onnx_path, x, want
+    return model, onnx_path, x, want, pruned
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", list(MODELS))
 def test_whole_model_on_phone(phone_server, session, tmp_path, name):
     """``compile_file(..., "arm")`` -> the library on the phone -> Relax VM over RPC equals PyTorch; every conv and
-    linear layer ran a generated kernel (pattern-sparse, or the dense pass's with the NEON knobs)."""
-    model, onnx_path, x, want = _model(name, tmp_path)
-    reports, dense = [], []
-    lib = compile_file(onnx_path, "arm", tmp_path / f"{name}_arm.so", reports=reports, dense_reports=dense)
-    convs = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
-    linears = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
-    assert all(r.rewritten for r in dense), [str(r) for r in dense if not r.rewritten]
-    assert sum(r.sparse for r in reports) + sum(r.op != "dense" for r in dense) == len(convs) == len(reports)
-    assert sum(r.op == "dense" for r in dense) == len(linears)
-    assert (sum(r.sparse for r in reports) > 0) == (MODELS[name][1] is not None)
+    linear layer ran a generated kernel: each pruned one the sparse kernel of its type (pattern 3x3, pattern
+    depthwise, block-sparse 1x1 / FC), the others the dense pass's with the NEON knobs."""
+    model, onnx_path, x, want, pruned = _model(name, tmp_path)
+    reports, sparse, dense = [], [], []
+    lib = compile_file(onnx_path, "arm", tmp_path / f"{name}_arm.so", reports=reports, dense_reports=dense,
+                       sparse_reports=sparse)  # fmt: skip
+    final = final_reports([reports, sparse, dense])
+    layers = [m for m in model.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]
+    assert len(final) == len(layers)
+    assert all(r.rewritten for r in final), [str(r) for r in final if not r.rewritten]
+    kinds = {"conv3x3": ConvReport, "depthwise": DepthwiseReport, "pointwise": BlockSparseReport,
+             "linear": BlockSparseReport}  # fmt: skip
+    expected = Counter(kinds[layer["type"]] for layer in pruned if layer["pruned"])
+    taken = Counter(type(r) for r in final if not isinstance(r, DenseReport) and getattr(r, "sparse", True))
+    assert taken == expected and taken  # each pruned layer runs the sparse kernel of its type on the phone
     session.upload(str(lib))
     dev = session.cpu()
     with phone_server.errors():
