@@ -44,7 +44,7 @@ def opencl_platform() -> None:
     try:
         opencl_device()
     except OpenCLError as err:
-        pytest.skip(f"no OpenCL device to run Mali kernels on: {err}")
+        pytest.fail(f"no OpenCL device to run Mali kernels on ({err}); `make test` installs pocl-opencl-icd")
 
 
 def relative_error(out: np.ndarray, ref: np.ndarray) -> float:
