@@ -397,15 +397,16 @@ def run_tuned_bench(
 ) -> dict:
     """Tuned vs untuned (default knobs) pattern-sparse kernel for some VGG-16 layers (``bench --tuned``).
 
-    All layers are tuned in one job (``trials`` each; an existing ``work_dir`` database is continued), then
-    both kernels of each layer are timed here and checked to agree. Prints latencies, ratio and tuning time.
+    All layers are tuned in one job (``trials`` each; an existing ``work_dir`` database is continued; each
+    task's best record is confirmed against the default kernel, ``tune.confirm``), then each layer's untuned
+    kernel and the kernel the database selects (``tuned_kernel``: the default one where confirmation rejected
+    the record) are checked to agree and timed interleaved, ``repeats`` rounds (the order alternating, each
+    sample ~50 ms of calls). Prints median latencies, ratio, confirmation verdict and tuning time.
     """
-    import tvm
-
     from ..schedules import tuning_task
     from ..sparsity.format import pack
     from ..targets import host_cores, runtime_threads
-    from ..tune import open_database, tune, tuned_kernel
+    from ..tune import open_database, tune
 
     layers = SUITES["vgg16"]
     unknown = sorted(set(names) - {ly.name for ly in layers})
@@ -422,30 +423,56 @@ def run_tuned_bench(
     results = tune(tasks, target, work, trials, progress=progress)
     database = open_database(work)
     time.sleep(PAUSE_S)
-    rows = []
-    for (ly, w), task, result in zip(chosen, tasks, results, strict=True):
-        fn, args = _sparse_layer(ly, w, library, target)
-        untuned_ms = _time_tvm(fn, args, repeats)
-        untuned_out = args[-1].numpy()
-        func = tuned_kernel(task, database, target)
-        if func is None:
-            raise TvmPatternError(f"{ly.name}: tuning produced no successful measurement (see {work}/logs)")
-        dev = tvm.cpu()
-        tuned_args = [args[0], *[tvm.runtime.tensor(a, dev) for a in task.arrays],
-                      tvm.runtime.tensor(np.zeros(untuned_out.shape, np.float32), dev)]  # fmt: skip
-        tuned_ms = _time_tvm(_compile_prim(func, target), tuned_args, repeats)
-        err = float(np.abs(tuned_args[-1].numpy() - untuned_out).max())
-        rows.append({"name": ly.name, "untuned_ms": untuned_ms, "tuned_ms": tuned_ms, "speedup": untuned_ms / tuned_ms,
-                     "trials": result.trials, "tuning_s": result.seconds, "max_abs_diff": err})  # fmt: skip
-    print(f"{'layer':<10}{'untuned ms':>12}{'tuned ms':>10}{'speedup':>9}{'trials':>8}{'tuning s':>10}")
+    rows = [_tuned_row(ly, w, library, task, result, database, target, repeats)
+            for (ly, w), task, result in zip(chosen, tasks, results, strict=True)]  # fmt: skip
+    print(f"{'layer':<10}{'untuned ms':>12}{'tuned ms':>10}{'speedup':>9}{'trials':>8}{'tuning s':>10}"
+          f"{'record':>9}{'confirm':>13}")  # fmt: skip
     for r in rows:
+        confirm = f"{r['confirm_default_ms']:.3f}/{r['confirm_tuned_ms']:.3f}" if r["confirm_tuned_ms"] else "-"
         print(f"{r['name']:<10}{r['untuned_ms']:>12.3f}{r['tuned_ms']:>10.3f}{r['speedup']:>8.2f}x"
-              f"{r['trials']:>8}{r['tuning_s']:>10.0f}")
+              f"{r['trials']:>8}{r['tuning_s']:>10.0f}{'tuned' if r['kept'] else 'default':>9}{confirm:>13}")
     out = {"suite": "vgg16", "compression": float(compression), "threads": threads, "repeats": repeats,
-           "target": str(target), "cpu": _cpu_name(), "work_dir": str(work), "layers": rows}  # fmt: skip
+           "target": str(target), "cpu": _cpu_name(), "work_dir": str(work),
+           "method": f"untuned and selected kernels timed interleaved, {repeats} rounds (order alternating), "
+                     "each sample the mean of >= 50 ms of calls; medians",
+           "layers": rows}  # fmt: skip
     if json_path:
         Path(json_path).write_text(json.dumps(out, indent=1))
     return out
+
+
+def _tuned_row(ly: Layer, w: np.ndarray, library, task, result, database, target, rounds: int) -> dict:
+    """One layer of ``bench --tuned``: the untuned kernel and the one the database selects, checked to agree,
+    then timed interleaved."""
+    import tvm
+
+    from ..tune import tuned_kernel
+    from ..tune.confirm import interleaved
+
+    fn, args = _sparse_layer(ly, w, library, target)
+    fn(*args)
+    untuned_out = args[-1].numpy()
+    func = tuned_kernel(task, database, target)
+    kept = func is not None
+    if func is None:  # no record, or confirmation kept the default: what ``compile --db`` runs
+        func = task.materialize(task.mod)
+    dev = tvm.cpu()
+    tuned_args = [args[0], *[tvm.runtime.tensor(a, dev) for a in task.arrays],
+                  tvm.runtime.tensor(np.zeros(untuned_out.shape, np.float32), dev)]  # fmt: skip
+    tuned_fn = _compile_prim(func, target)
+    tuned_fn(*tuned_args)
+    err = float(np.abs(tuned_args[-1].numpy() - untuned_out).max())
+    untuned_s, tuned_s = interleaved([lambda: fn(*args), lambda: tuned_fn(*tuned_args)], rounds)
+    untuned_ms, tuned_ms = float(np.median(untuned_s)), float(np.median(tuned_s))
+    confirmation = result.confirmation
+    return {"name": ly.name, "untuned_ms": untuned_ms, "tuned_ms": tuned_ms, "speedup": untuned_ms / tuned_ms,
+            "trials": result.trials, "tuning_s": result.seconds, "max_abs_diff": err, "kept": kept,
+            "tuned_faster_rounds": int(sum(t < u for u, t in zip(untuned_s, tuned_s, strict=True))),
+            "rounds": rounds, "untuned_samples_ms": untuned_s, "tuned_samples_ms": tuned_s,
+            "confirm_default_ms": confirmation.default_ms if confirmation else None,
+            "confirm_tuned_ms": confirmation.tuned_ms if confirmation else None,
+            "confirm_kept": confirmation.kept if confirmation else None,
+            "confirmation": str(confirmation) if confirmation else "none needed (the default is best)"}  # fmt: skip
 
 
 def _cpu_name() -> str:

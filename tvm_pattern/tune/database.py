@@ -27,6 +27,7 @@ from ..passes import (
 from ..schedules import dense_space, family_name
 from ..schedules.space import TuningTask, knobs, template
 from ..targets import resolve_target
+from .confirm import stored
 from .tasks import dense_layer_task, layer_task
 
 log = logging.getLogger(__name__)
@@ -92,8 +93,8 @@ def records(db: ms.database.Database, task: TuningTask) -> list[ms.database.Tuni
     return [r for r in db.get_all_tuning_records() if r.workload.same_as(workload)]
 
 
-def record_for(task: TuningTask, database: ms.database.Database, target: Target) -> ms.database.TuningRecord | None:
-    """The best successful record of ``task`` for this kind of target, or None."""
+def best_record(task: TuningTask, database: ms.database.Database, target: Target) -> ms.database.TuningRecord | None:
+    """The best successful record of ``task`` for this kind of target, confirmed or not, or None."""
     record = database.query_tuning_record(task.mod, target, task.name)
     if record is None:
         return None
@@ -104,9 +105,29 @@ def record_for(task: TuningTask, database: ms.database.Database, target: Target)
     return record
 
 
+def record_for(task: TuningTask, database: ms.database.Database, target: Target) -> ms.database.TuningRecord | None:
+    """The record whose kernel replaces ``task``'s default kernel, or None (the default kernel stays).
+
+    The best record, unless its confirmation (``confirm``: interleaved against the default after tuning)
+    rejected it. A record never confirmed (a database of an older version, a job killed before confirming)
+    is used, with a note in the log.
+    """
+    record = best_record(task, database, target)
+    if record is None:
+        return None
+    confirmation = stored(database, task, record)
+    if confirmation is None:
+        log.info("%s: the best record was never confirmed against the default kernel", task.name)
+    elif not confirmation.kept:
+        log.info("%s: default kernel (%s)", task.name, confirmation)
+        return None
+    return record
+
+
 def tuned_kernel(task: TuningTask, database: ms.database.Database, target: Target) -> tvm.tirx.PrimFunc | None:
     """The kernel of the best schedule the database holds for ``task`` (its trace replayed, then materialized),
-    or None if it has no successful measurement of it for this kind of target."""
+    or None if it has no successful measurement of it for this kind of target or its confirmation kept the
+    default kernel (``record_for``)."""
     record = record_for(task, database, target)
     if record is None:
         return None

@@ -25,7 +25,8 @@ from ..schedules.dense_space import DenseTuningTask
 from ..schedules.space import TuningTask
 from ..targets import host_cores, is_host, resolve_target, runtime_threads
 from .builder import PoolBuilder
-from .database import open_database, records
+from .confirm import Confirmation, confirm_local, confirm_remote, save, stored
+from .database import best_record, open_database, records
 from .features import KnobFeatures
 from .ops import OpTask
 from .remote import Arguments, Remote, connect, create_session, seconds
@@ -54,10 +55,12 @@ class TaskResult:
     best_us: float | None
     seconds: float = 0.0
     exhausted: bool = False  # the design space had no unmeasured schedule left
+    confirmation: Confirmation | None = None  # the best record against the default kernel (None: not needed)
 
     def __str__(self) -> str:
         best = f"best {self.best_us:.1f} us" if self.best_us is not None else "no successful run"
         note = ", design space exhausted" if self.exhausted else ""
+        note += f"; {self.confirmation}" if self.confirmation is not None else ""
         return f"{self.name}: {self.trials} trials ({self.measured} new in {self.seconds:.0f} s), {best}{note}"
 
 
@@ -197,7 +200,7 @@ def _tune_task(job: _Job, task: TuningTask, trials: int, step: str = "") -> Task
         run.best_secs = min(float(np.median(seconds(r.run_secs))) for r in valid)
     if run.budget == 0:
         log.info("%s: %d trials already in the database, nothing to measure", task.name, len(existing))
-        return _result(run, len(existing), 0.0)
+        return _result(run, len(existing), 0.0, _confirm(job, task))
     with without_tensor_intrinsics():
         inner = ms.search_strategy.EvolutionarySearch(population_size=job.population,
                                                       init_min_unmeasured=min(50, job.population),
@@ -232,7 +235,8 @@ def _tune_task(job: _Job, task: TuningTask, trials: int, step: str = "") -> Task
     if run.stop:
         raise RPCError(f"tuning stopped at {task.name}: {run.stop}. The database in {job.work} keeps every finished "
                        "measurement; run the same command again to continue")  # fmt: skip
-    return _result(run, len(existing) + run.measured, time.monotonic() - started)
+    confirmation = _confirm(job, task)
+    return _result(run, len(existing) + run.measured, time.monotonic() - started, confirmation)
 
 
 def _measured(records: list, run: TuneRun) -> dict[int, object]:
@@ -249,9 +253,31 @@ def _measured(records: list, run: TuneRun) -> dict[int, object]:
     return out
 
 
-def _result(run: TuneRun, trials: int, seconds: float) -> TaskResult:
+def _result(run: TuneRun, trials: int, seconds: float, confirmation: Confirmation | None = None) -> TaskResult:
     best = run.best_secs * 1e6 if run.best_secs < math.inf else None
-    return TaskResult(run.task.name, trials, run.measured, best, seconds, run.exhausted)
+    return TaskResult(run.task.name, trials, run.measured, best, seconds, run.exhausted, confirmation)
+
+
+def _confirm(job: _Job, task: TuningTask) -> Confirmation | None:
+    """Confirm the task's best record against its default kernel, once per record (``confirm``); None if there
+    is nothing to confirm (no record, the default is best, a leftover op) or the measurement failed."""
+    record = best_record(task, job.database, job.target)
+    if record is None or isinstance(task, OpTask):
+        return None
+    confirmation = stored(job.database, task, record)
+    if confirmation is not None:
+        return confirmation
+    job.arguments.use(task)
+    if job.remote is None:
+        runtime_threads()  # the pool a compiled model runs in
+        confirmation = confirm_local(task, record, job.target, job.arguments)
+    else:
+        confirmation = confirm_remote(task, record, job.target, *job.measurers())
+    if confirmation is not None:
+        save(job.database, task, confirmation)
+        log.info("%s: %s", task.name, confirmation)
+        task_logger(job.work, task.name).info("%s", confirmation)
+    return confirmation
 
 
 def tune_file(
