@@ -8,7 +8,14 @@ import torch
 from torch import nn
 
 from tvm_pattern.errors import ModelError, PatternError
-from tvm_pattern.prune.sparsifier import PatternSparsifier, apply_masks, conv_eligibility, mask_optimizer, squash_mask
+from tvm_pattern.prune.sparsifier import (
+    PatternSparsifier,
+    apply_masks,
+    conv_eligibility,
+    layer_types,
+    mask_optimizer,
+    squash_mask,
+)
 from tvm_pattern.sparsity.library import PatternLibrary, candidate_patterns
 
 LIB = PatternLibrary(candidate_patterns(4)[[0, 7, 19, 33, 41, 50]])
@@ -294,3 +301,11 @@ def test_linear_zeros_survive_optimiser_steps():
     squash_mask(model)
     for name, mask in masks.items():
         assert torch.equal(model[int(name)].weight.detach()[~mask], torch.zeros(int((~mask).sum())))
+
+
+def test_a_network_ending_on_a_3x3_conv_has_no_classifier_to_keep():
+    """A feature extractor (VGG's conv stack) ends on a 3x3 conv: it is pruned; a final 1x1 conv or FC is not."""
+    stack = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1))
+    assert layer_types(stack) == {"0": ("conv3x3", "first layer (kept dense by default)"), "2": ("conv3x3", None)}
+    head = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(8, 8, 3, padding=1), nn.Conv2d(8, 10, 1))
+    assert layer_types(head)["2"] == ("pointwise", "classifier's last layer (kept dense by default)")

@@ -10,7 +10,7 @@ GPU-days on ADMM. The structures are the sparsifier's (``projection``); the reci
 * ``compression=2.25``: patterns only for the 3x3 and depthwise convs, and 1x1 / linear at 2.25x, so the
   number means the same for every layer type.
 
-The first conv and the classifier's last layer (the last conv or linear layer) stay dense; so do convs of
+The first conv and the classifier's last layer (the last layer, if linear or 1x1) stay dense; so do convs of
 other shapes (7x7, grouped, dilated). ``prune_only`` limits pruning to some layer types (e.g. ``{"conv3x3"}``,
 as the issue-11 figures were made). Both entry points return a report: the library and every layer with its
 type, density and, if dense, why.
@@ -39,7 +39,7 @@ from .projection import (
     project_connectivity,
     project_patterns,
 )
-from .sparsifier import layer_types
+from .sparsifier import CLASSIFIER_TYPES, layer_types
 
 TYPES = ("conv3x3", "depthwise", "pointwise", "linear")
 COMPRESSIONS = (2.25, 8.0)
@@ -240,7 +240,7 @@ def onnx_layers(model, skip_first: bool = True, skip_last: bool = True) -> list[
     for index, (name, kind, why, w, back) in enumerate(out):
         if why is None and skip_first and index == first:
             out[index] = (name, kind, "first layer (kept dense by default)", w, back)
-        elif why is None and skip_last and index == len(out) - 1:
+        elif why is None and skip_last and index == len(out) - 1 and kind in CLASSIFIER_TYPES:
             out[index] = (name, kind, "classifier's last layer (kept dense by default)", w, back)
     return out
 

@@ -87,11 +87,15 @@ def layer_type(module: nn.Module) -> str:
     return "conv"
 
 
+CLASSIFIER_TYPES = ("linear", "pointwise")  # layer types a network's last layer can be a classifier of
+
+
 def layer_types(model: nn.Module, skip_first: bool = True, skip_last: bool = True) -> dict[str, tuple[str, str | None]]:
     """Every conv and linear layer of ``model`` by name: (type, None if its type's structure applies, else why not).
 
-    The last conv or linear layer (in module order) is taken as the classifier's last layer: it produces the
-    logits, and pruning it costs accuracy for few weights.
+    The last conv or linear layer (in module order) is taken as the classifier's last layer when it is a linear
+    layer or a 1x1 conv: it produces the logits, and pruning it costs accuracy for few weights. A network that
+    ends on a 3x3 conv (a feature extractor) has no classifier, and that conv is pruned like the others.
     """
     named = [(n, m) for n, m in model.named_modules() if isinstance(m, PRUNABLE)]
     first = next((i for i, (_, m) in enumerate(named) if isinstance(m, nn.Conv2d)), None)
@@ -101,7 +105,7 @@ def layer_types(model: nn.Module, skip_first: bool = True, skip_last: bool = Tru
         why = _why_dense(module) if kind == "conv" else None
         if index == first and skip_first and why is None:
             why = "first layer (kept dense by default)"
-        elif index == len(named) - 1 and skip_last and why is None:
+        elif index == len(named) - 1 and skip_last and why is None and kind in CLASSIFIER_TYPES:
             why = "classifier's last layer (kept dense by default)"
         out[name] = (kind, why)
     return out
