@@ -144,3 +144,15 @@ def test_bad_input_fails_clearly_and_writes_nothing(tmp_path, capsys):
         assert cli.main(["bench", "--model", *args, "--runtimes", "onnxruntime"]) == 2
         assert message in capsys.readouterr().err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.onnx"]
+
+
+def test_vgg16_conv_stack_prunes_every_conv_but_the_first(tmp_path):
+    """`bench --model vgg16-convs`: VGG-16's conv stack, one-shot at 8x in torch and in ONNX: 12 of 13 convs."""
+    net = models.build("vgg16-convs", seed=0, size=SIZE, scale=0.125)
+    dense = models.export_onnx(net, tmp_path / "convs.onnx", size=SIZE)
+    report = prune_onnx(dense, tmp_path / "convs-8x.onnx", 8)
+    pruned = [r for r in report["layers"] if r.get("reason") is None]
+    assert len(report["layers"]) == 13 and len(pruned) == 12
+    assert report["layers"][0]["reason"].startswith("first layer")
+    rows = prune_torch(net, 8)["layers"]
+    assert [r.get("reason") is None for r in rows] == [False] + [True] * 12

@@ -21,7 +21,7 @@ from torch import nn
 
 from ..errors import ModelError, TvmPatternError
 
-__all__ = ["COMPRESSIONS", "MODELS", "build", "export_onnx", "mobilenet_v2", "prune_model", "resnet50", "vgg16"]
+__all__ = ["COMPRESSIONS", "MODELS", "build", "export_onnx", "mobilenet_v2", "prune_model", "resnet50", "vgg16", "vgg16_convs"]
 
 CONNECTIVITY = 3.6  # 3x3 convs at 8x: patterns (9 -> 4 taps, 2.25x) and 1/3.6 of the kernels
 COMPRESSIONS = {"none": None, "2.25": 2.25, "8": 8.0}
@@ -199,7 +199,16 @@ def vgg16(scale: float = 1.0, num_classes: int = 1000, fc: int = 4096, pool: int
     return VGG(scale, num_classes, fc, pool)
 
 
-MODELS: dict[str, Callable[..., nn.Module]] = {"resnet50": resnet50, "mobilenetv2": mobilenet_v2, "vgg16": vgg16}
+def vgg16_convs(scale: float = 1.0, num_classes: int = 1000) -> nn.Sequential:
+    """VGG-16's conv stack alone (13 convs, ReLUs, 5 max-pools; ``num_classes`` unused): the network the
+    sparse 3x3 kernels are measured on, with no FC layer diluting the comparison."""
+    del num_classes
+    return VGG(scale).features
+
+
+MODELS: dict[str, Callable[..., nn.Module]] = {
+    "resnet50": resnet50, "mobilenetv2": mobilenet_v2, "vgg16": vgg16, "vgg16-convs": vgg16_convs,
+}
 
 
 # ---------------------------------------------------------------------------------------------- weights
