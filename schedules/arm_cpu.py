@@ -32,8 +32,10 @@ NEON_REGISTERS = 32  # v0-v31 (AArch64); ``targets.vector_registers`` reads it f
 
 
 def default_config(packed, data_shape, out_shape, target=None) -> CpuKnobs:
-    """The R x NV block of least modelled cost that fits NEON's registers, 4-lane vectors, one thread per core."""
-    return x86.block_config(out_shape, packed.n, _registers(target), NEON_LANES, target_cores(target))
+    """The R x NV block of least modelled cost that fits NEON's registers, 4-lane vectors, one thread per core,
+    x86's input-channel chunks (``x86.default_chunk``: the same L1 and branch trade-off)."""
+    cfg = x86.block_config(out_shape, packed.n, _registers(target), NEON_LANES, target_cores(target))
+    return cfg.with_overrides({"chunk": x86.default_chunk(packed)})
 
 
 def candidate_configs(packed, data_shape, out_shape, target=None) -> list[CpuKnobs]:

@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 from tvm import s_tir
 
 from tvm_pattern.errors import PatternError
+from tvm_pattern.kernels.pattern_conv2d import chunked_fkw
 from tvm_pattern.schedules import x86
 from tvm_pattern.sparse_conv import layer_config, sparse_conv2d, unscheduled
 from tvm_pattern.sparsity.format import pack
@@ -39,6 +40,7 @@ def conv_cases(draw):
             "vector": draw(st.sampled_from([4, 8])),
             "threads": draw(st.integers(1, 3)),
             "peel": draw(st.booleans()),
+            "chunk": draw(st.sampled_from([0, 0, 1, 2, 3, 5])),
         },
         "seed": draw(st.integers(0, 2**16)),
     }
@@ -70,6 +72,45 @@ def test_realistic_layer_default_knobs() -> None:
     w, lib = pruned(rng, 40, 36, 8, 4, 1 / 3.6)
     x = rng.standard_normal((1, 36, 28, 28)).astype(np.float32)
     check(pack(w, lib), w, x, 1, (1, 1, 1, 1), None, True)
+
+
+@pytest.mark.parametrize("chunk", [0, 16, 24, 40])
+def test_channel_chunks(chunk: int) -> None:
+    """Input channels in chunks (partial sums kept between chunks) at 2.25x, with bias and ReLU on the last."""
+    rng = np.random.default_rng(chunk)
+    w, lib = pruned(rng, 24, 40, 8, 4, 1.0)
+    x = rng.standard_normal((1, 40, 14, 14)).astype(np.float32)
+    bias = rng.standard_normal(24).astype(np.float32)
+    check(pack(w, lib), w, x, 1, (1, 1, 1, 1), bias, True, {"chunk": chunk})
+
+
+def test_chunked_fkw_orders_kernels_by_filter_chunk_pattern() -> None:
+    rng = np.random.default_rng(3)
+    w, lib = pruned(rng, 5, 20, 4, 4, 0.6)
+    packed = pack(w, lib)
+    offsets, channels, weights, perm = chunked_fkw(packed, 8)
+    chunks, k = 3, packed.k
+    assert offsets.shape == (5 * chunks * k + 1,) and offsets[-1] == packed.nnz
+    for seg in range(5 * chunks * k):
+        o, rest = divmod(seg, chunks * k)
+        c, p = divmod(rest, k)
+        kept = channels[offsets[seg]:offsets[seg + 1]]
+        assert np.all(kept // 8 == c)
+        for e in range(offsets[seg], offsets[seg + 1]):  # the weights moved with their kernel
+            taps = lib.taps()[p]
+            dense = w[perm[o], channels[e]]
+            np.testing.assert_array_equal(weights[e * 4:(e + 1) * 4], [dense[r, cc] for r, cc in taps])
+    assert np.array_equal(chunked_fkw(packed, 0)[0], packed.offsets)
+
+
+def test_default_chunk_keeps_segments_full() -> None:
+    """About 8 kept kernels per (filter, chunk, pattern): 64-channel chunks at 2.25x, two chunks at 8x on 512."""
+    rng = np.random.default_rng(0)
+    dense, lib = pruned(rng, 16, 512, 8, 4, 1.0)
+    sparse, lib8 = pruned(rng, 16, 512, 8, 4, 1 / 3.6)
+    assert x86.default_chunk(pack(dense, lib)) == 64
+    assert x86.default_chunk(pack(sparse, lib8)) == 256
+    assert x86.default_chunk(pack(dense[:, :64], lib)) == 0
 
 
 def test_empty_filters_and_empty_weight_give_bias() -> None:

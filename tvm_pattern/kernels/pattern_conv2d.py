@@ -10,13 +10,19 @@ contiguous run of them, so row blocks are outermost and a thread's input stays i
     for t in parallel(threads):
       for item of thread t:                   # (batch, row block, col block[, filter group])
         slab[ci, rows, cols] = input window   # packed right before use: zero padding, stride phases
-        for filter o (FKR order; group split by kept kernels when blocks are few):
-          acc[R, C] = bias                    # small "global" buffer -> registers
-          for pattern p (unrolled in the generator):
-            for kept kernel e of (o, p):      # ic = channels[e]; n weights broadcast once
-              for r, j in R x C:              # sblock "acc_p{p}": j split NV x V, vectorized, unrolled
-                acc[r, j] += sum_t w_t * slab[ic, r*s + dr_t, j + dc_t]   # tap offsets are literals
-          out[b, perm[o], r0:r0+R, c0:c0+C] = relu(acc)   # FKR permutation undone in the store
+        for chunk c of input channels:        # only with NestShape.chunk: the chunk's slab stays in L1
+          for filter o (FKR order; group split by kept kernels when blocks are few):
+            acc[R, C] = bias if c == 0 else part[o]   # small "global" buffer -> registers
+            for pattern p (unrolled in the generator):
+              for kept kernel e of (o, c, p): # ic = channels[e]; n weights broadcast once
+                for r, j in R x C:            # sblock "acc_p{p}": j split NV x V, vectorized, unrolled
+                  acc[r, j] += sum_t w_t * slab[ic, r*s + dr_t, j + dc_t]   # tap offsets are literals
+            part[o] = acc, or on the last chunk out[b, perm[o], r0:r0+R, c0:c0+C] = relu(acc)
+
+Why chunks: every kept kernel streams R + 2 input rows of its channel; with the slab of all channels in L2,
+that stream, not the FMAs, bounds the kernel (about 32 bytes per cycle for 2 FMAs). Walking every filter over
+one chunk of channels at a time keeps the rows it reads in L1, for one partial-sum load and store per filter
+and chunk. The kept kernels are then ordered (filter, chunk, pattern): ``chunked_fkw``.
 
 Blocks that would run past the output edge are shifted back to end on it (``r0 = min(rb*R, OH-R)``), so
 every block is full and vector stores need no mask; overlapping outputs are recomputed, not summed.
@@ -27,6 +33,7 @@ The structure of the nest is a ``NestShape``: ``rows`` (R), ``cols`` (C), ``thre
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -38,14 +45,18 @@ from ..sparsity.format import PackedConv
 from .tvmscript import Script, buffer_param
 
 VARIANTS_ATTR = "tvm_pattern.block_variants"  # function attribute: how many block-shape variants to schedule
+CHUNKS_ATTR = "tvm_pattern.channel_chunks"  # function attribute: input-channel chunks (> 1: partial-sum stores)
 
 __all__ = [
+    "CHUNKS_ATTR",
     "VARIANTS_ATTR",
     "Geometry",
     "KernelSpec",
     "NestShape",
     "SparseConvKernel",
     "check_layer",
+    "chunk_count",
+    "chunked_fkw",
     "conv_out_shape",
     "fit_block",
     "fkw_arrays",
@@ -107,13 +118,14 @@ class NestShape:
     """The structural knobs of the generated nest: output block ``rows`` x ``cols``, parallel ``threads``,
     ``peel`` (peel the last row / column block into its own shape variant instead of shifting it back) and
     ``max_groups`` (size ``tsplit`` for that many filter groups, so kernels of other knobs share one signature;
-    0: what this shape needs)."""
+    0: what this shape needs) and ``chunk`` (input channels per chunk; 0: all in one)."""
 
     rows: int
     cols: int
     threads: int
     peel: bool = True
     max_groups: int = 0
+    chunk: int = 0
 
     @classmethod
     def of(cls, knobs: NestShape | Mapping | object) -> NestShape:
@@ -122,10 +134,15 @@ class NestShape:
             return knobs
         get = knobs.get if isinstance(knobs, Mapping) else lambda name, default=None: getattr(knobs, name, default)
         return cls(int(get("rows")), int(get("cols")), int(get("threads")), bool(get("peel", True)),
-                   int(get("max_groups", 0) or 0))  # fmt: skip
+                   int(get("max_groups", 0) or 0), int(get("chunk", 0) or 0))  # fmt: skip
 
     def with_threads(self, threads: int) -> NestShape:
-        return NestShape(self.rows, self.cols, threads, self.peel, self.max_groups)
+        return NestShape(self.rows, self.cols, threads, self.peel, self.max_groups, self.chunk)
+
+
+def chunk_count(in_channels: int, chunk: int) -> int:
+    """Input-channel chunks of ``chunk`` channels (0, or at least ``in_channels``: one)."""
+    return 1 if chunk <= 0 or chunk >= in_channels else -(-in_channels // chunk)
 
 
 
@@ -271,6 +288,17 @@ class Geometry:
         """
         return (self.rows - 1) * self.sh + 3, self.sw, self.cols + 2 // self.sw
 
+    @property
+    def slab_alloc(self) -> tuple[int, int, int]:
+        """``slab`` with each row padded to whole 64-byte lines (the padding is never read).
+
+        Why: with rows on line boundaries a vector load at a tap offset of 1 or 2 columns stays inside one
+        cache line (for the first vector of a row); unpadded rows of 10 floats split about half of the loads
+        over two lines, and split loads take two load slots in a kernel that is bound by loads.
+        """
+        rows, phases, cols = self.slab
+        return rows, phases, -(-cols // 16) * 16
+
 
 def geometry(packed: PackedConv | KernelSpec, data_shape, strides, padding, nest: NestShape) -> Geometry:
     """The sizes of one layer generated with ``nest``."""
@@ -298,6 +326,22 @@ def _interior(g: Geometry) -> tuple[int, int]:
     return (inside[0], inside[-1]) if inside else (1, 0)
 
 
+def _interior_copy(script: Script, g: Geometry, columns: str, dst: str, x: str) -> None:
+    """One slab row of an interior block: with stride 1 a contiguous copy, as explicit vectors (LLVM left the
+    18-float rows of a 16-column block scalar: 1.7 cycles per float, a quarter of a 64-channel layer's time)."""
+    sc = g.slab[2]
+    whole = sc // 8 * 8
+    if g.sw != 1 or whole == 0:
+        with script.block(columns):
+            script.line(f"{dst} = data[b, ch, y, {x}]")
+        return
+    with script.block(f"for cc in T.vectorized({whole}):"):
+        script.line(f"slab[ch, rr, 0, cc] = data[b, ch, y, c0 + cc - {g.left}]")
+    if sc > whole:
+        with script.block(f"for cr in T.serial({sc - whole}):"):
+            script.line(f"slab[ch, rr, 0, {whole} + cr] = data[b, ch, y, c0 + {whole} + cr - {g.left}]")
+
+
 def _pack_source(script: Script, g: Geometry) -> None:
     """Copy the current block's input slab (zero padding included) to the thread's contiguous tile.
 
@@ -314,8 +358,8 @@ def _pack_source(script: Script, g: Geometry) -> None:
     with script.block(f"for ch, rr in T.grid({g.c}, {g.slab[0]}):"):
         script.line(f"y: T.let = r0 * {g.sh} + rr - {g.top}")
         with script.block(f"if 0 <= y and y < {g.h}:"):
-            with script.block(f"if {lo} <= cb and cb <= {hi}:"), script.block(columns):
-                script.line(f"{dst} = data[b, ch, y, {x}]")
+            with script.block(f"if {lo} <= cb and cb <= {hi}:"):
+                _interior_copy(script, g, columns, dst, x)
             with script.block("else:"), script.block(columns):
                 script.line(f"x: T.let = {x}",
                             f"{dst} = T.if_then_else(0 <= x and x < {g.w}, data[b, ch, y, x], T.float32(0))")
@@ -324,12 +368,12 @@ def _pack_source(script: Script, g: Geometry) -> None:
 
 
 def fkw_params(spec: KernelSpec | PackedConv, data_shape, out_shape, bias: bool,
-               extra: tuple[str, ...] = ()) -> list[str]:
+               extra: tuple[str, ...] = (), chunks: int = 1) -> list[str]:
     """The parameters of a pattern-sparse conv: ``data``, the four FKW arrays, ``extra``, [``bias``], ``out``."""
     o, nnz = spec.out_channels, max(spec.nnz, 1)
     params = [
         buffer_param("data", data_shape),
-        buffer_param("offsets", (o * spec.k + 1,), "int32"),
+        buffer_param("offsets", (o * chunks * spec.k + 1,), "int32"),
         buffer_param("channels", (nnz,), "int32"),
         buffer_param("weights", (nnz * spec.n,)),
         buffer_param("perm", (o,), "int32"),
@@ -346,32 +390,48 @@ def _block(script: Script, name: str, shape: tuple[int, int], reads: str, writes
         script.line(body)
 
 
-def _pattern_loop(script: Script, p: int, taps: list[tuple[int, int]], k: int, g: Geometry, v: int) -> None:
-    """The loop over filter o's kept kernels of pattern p; the body has p's offsets as constants."""
-    with script.block(f"for kk in T.serial(offsets[o * {k} + {p + 1}] - offsets[o * {k} + {p}]):"):
-        script.line(f"e: T.let = offsets[o * {k} + {p}] + kk", "ic: T.let = channels[e]")
+def _pattern_loop(script: Script, p: int, taps: list[tuple[int, int]], k: int, g: Geometry, v: int,
+                  chunks: int) -> None:
+    """The loop over filter o's kept kernels of pattern p (in chunk c); the body has p's offsets as constants."""
+    seg = f"o * {k}" if chunks == 1 else f"(o * {chunks} + c) * {k}"
+    with script.block(f"for kk in T.serial(offsets[{seg} + {p + 1}] - offsets[{seg} + {p}]):"):
+        script.line(f"e: T.let = offsets[{seg} + {p}] + kk", "ic: T.let = channels[e]")
         script.lines(f"w{t}: T.let = weights[e * {len(taps)} + {t}]" for t in range(len(taps)))
         reads = f"slab[ic, vr * {g.sh}:vr * {g.sh} + 3, 0:{g.sw}, vj:vj + {g.slab[2] - g.cols + 1}]"
         body = f"acc[vr, vj] = acc[vr, vj] + {_tap_sum(taps, g)}"
         _block(script, f"acc_p{p}_v{v}", g.variants()[v], reads, "acc[vr, vj]", body)
 
 
-def _filters_source(script: Script, spec: KernelSpec, g: Geometry, v: int, bias: bool, relu: bool) -> None:
-    """Every filter of the item's group on one output block of shape variant ``v``."""
+def _filters_source(script: Script, spec: KernelSpec, g: Geometry, v: int, bias: bool, relu: bool,
+                    chunks: int) -> None:
+    """Every filter of the item's group on one output block of shape variant ``v``, chunk by chunk."""
     shape = g.variants()[v]
     init = "bias[oc]" if bias else "T.float32(0)"
     value = "T.max(acc[vr, vj], T.float32(0))" if relu else "acc[vr, vj]"
-    with script.block("for oo in T.serial(tsplit[sb + grp + 1] - tsplit[sb + grp]):"):
+    store = "out[b, oc, r0 + vr, c0 + vj]"
+    loop = script.block(f"for cj in T.serial({chunks}):") if chunks > 1 else contextlib.nullcontext()
+    with loop, script.block("for oo in T.serial(tsplit[sb + grp + 1] - tsplit[sb + grp]):"):
+        if chunks > 1:
+            script.line("c: T.let = cj")  # let-bound: a loop var may not be read inside the sblocks
         script.line("o: T.let = tsplit[sb + grp] + oo", "oc: T.let = perm[o]",
                     f"acc = T.alloc_buffer(({shape[0]}, {shape[1]}), 'float32')")
-        _block(script, f"acc_init_v{v}", shape, "", "acc[vr, vj]", f"acc[vr, vj] = {init}")
+        if chunks == 1:
+            _block(script, f"acc_init_v{v}", shape, "", "acc[vr, vj]", f"acc[vr, vj] = {init}")
+        else:
+            _block(script, f"acc_init_v{v}", shape, "part[o, vr, vj]", "acc[vr, vj]",
+                   f"acc[vr, vj] = T.if_then_else(c == 0, {init}, part[o, vr, vj])")
         for p, taps in enumerate(spec.taps()):
-            _pattern_loop(script, p, taps, spec.k, g, v)
-        store = "out[b, oc, r0 + vr, c0 + vj]"
-        _block(script, f"store_v{v}", shape, "acc[vr, vj]", store, f"{store} = {value}")
+            _pattern_loop(script, p, taps, spec.k, g, v, chunks)
+        if chunks == 1:
+            _block(script, f"store_v{v}", shape, "acc[vr, vj]", store, f"{store} = {value}")
+            return
+        with script.block(f"if c < {chunks - 1}:"):  # two exclusive ifs, no else (see _dispatch_source)
+            _block(script, f"keep_v{v}", shape, "acc[vr, vj]", "part[o, vr, vj]", "part[o, vr, vj] = acc[vr, vj]")
+        with script.block(f"if c == {chunks - 1}:"):
+            _block(script, f"store_v{v}", shape, "acc[vr, vj]", store, f"{store} = {value}")
 
 
-def _dispatch_source(script: Script, spec: KernelSpec, g: Geometry, bias: bool, relu: bool) -> None:
+def _dispatch_source(script: Script, spec: KernelSpec, g: Geometry, bias: bool, relu: bool, chunks: int) -> None:
     """Branch to the block-shape variant of the current block (full, last row block, last column block).
 
     One ``if`` per variant with exclusive conditions, no ``else``: TVM 0.27's schedule state mutated the
@@ -379,7 +439,7 @@ def _dispatch_source(script: Script, spec: KernelSpec, g: Geometry, bias: bool, 
     """
     shapes = g.variants()
     if len(shapes) == 1:
-        _filters_source(script, spec, g, 0, bias, relu)
+        _filters_source(script, spec, g, 0, bias, relu, chunks)
         return
     for i, (nr, nc) in enumerate(shapes):
         conds = []
@@ -388,7 +448,7 @@ def _dispatch_source(script: Script, spec: KernelSpec, g: Geometry, bias: bool, 
         if g.col_tail != g.cols:
             conds.append(f"cb {'==' if nc != g.cols else '<'} {g.ncb - 1}")
         with script.block(f"if {' and '.join(conds)}:"):
-            _filters_source(script, spec, g, i, bias, relu)
+            _filters_source(script, spec, g, i, bias, relu, chunks)
 
 
 def _source(spec: KernelSpec, data_shape, strides, padding, bias: bool, relu: bool, nest: NestShape) -> Script:
@@ -399,11 +459,14 @@ def _source(spec: KernelSpec, data_shape, strides, padding, bias: bool, relu: bo
     items = g.blocks * groups
     per_thread = -(-items // threads)
     tsplit = buffer_param("tsplit", (split_base(max_groups + 1),), "int32")
-    params = fkw_params(spec, data_shape, (g.n, spec.out_channels, g.oh, g.ow), bias, (tsplit,))
+    chunks = chunk_count(spec.in_channels, nest.chunk)
+    params = fkw_params(spec, data_shape, (g.n, spec.out_channels, g.oh, g.ow), bias, (tsplit,), chunks)
     script = Script()
-    with script.prim_func("sparse_conv2d", params, {"tirx.noalias": True, VARIANTS_ATTR: len(g.variants())}), \
-            script.block(f"for t in T.parallel({threads}):"):
-        script.line(f"slab = T.alloc_buffer(({g.c}, {', '.join(map(str, g.slab))}), 'float32')")
+    attrs = {"tirx.noalias": True, VARIANTS_ATTR: len(g.variants()), CHUNKS_ATTR: chunks}
+    with script.prim_func("sparse_conv2d", params, attrs), script.block(f"for t in T.parallel({threads}):"):
+        script.line(f"slab = T.alloc_buffer(({g.c}, {', '.join(map(str, g.slab_alloc))}), 'float32', align=64)")
+        if chunks > 1:
+            script.line(f"part = T.alloc_buffer(({spec.out_channels}, {g.rows}, {g.cols}), 'float32')")
         with script.block(f"for i in range({per_thread}):"):
             script.line(f"item: T.let = t * {per_thread} + i")
             with script.block(f"if item < {items}:"):
@@ -418,7 +481,7 @@ def _source(spec: KernelSpec, data_shape, strides, padding, bias: bool, relu: bo
                     f"c0: T.let = {g.col_origin}",
                 )
                 _pack_source(script, g)
-                _dispatch_source(script, spec, g, bias, relu)
+                _dispatch_source(script, spec, g, bias, relu, chunks)
     return script
 
 
@@ -434,9 +497,26 @@ def fkw_arrays(packed: PackedConv) -> tuple[np.ndarray, ...]:
     )
 
 
-def kernel_arrays(packed: PackedConv, max_groups: int) -> tuple[np.ndarray, ...]:
-    """The arrays of the generated CPU kernel: the FKW arrays and ``tsplit`` for up to ``max_groups`` groups."""
-    return (*fkw_arrays(packed), thread_splits(packed, max_groups))
+def chunked_fkw(packed: PackedConv, chunk: int) -> tuple[np.ndarray, ...]:
+    """``fkw_arrays`` with the kept kernels ordered (filter, input-channel chunk, pattern): ``offsets`` then has
+    one segment per (filter, chunk, pattern), ``(o * chunks + c) * k + p`` (see the module docstring)."""
+    chunks = chunk_count(packed.in_channels, chunk)
+    offsets, channels, weights, perm = fkw_arrays(packed)
+    if chunks == 1:
+        return offsets, channels, weights, perm
+    o, k, n = packed.out_channels, packed.k, packed.n
+    segment = packed.filter_of() * chunks * k + packed.channels // chunk * k + packed.pattern_ids()
+    order = np.argsort(segment, kind="stable")
+    counts = np.bincount(segment, minlength=o * chunks * k)
+    new_offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int32)
+    kept = weights.reshape(-1, n)[order] if packed.nnz else weights.reshape(-1, n)
+    return new_offsets, channels[order] if packed.nnz else channels, np.ascontiguousarray(kept.reshape(-1)), perm
+
+
+def kernel_arrays(packed: PackedConv, max_groups: int, chunk: int = 0) -> tuple[np.ndarray, ...]:
+    """The arrays of the generated CPU kernel: the FKW arrays (in ``chunk`` order) and ``tsplit`` for up to
+    ``max_groups`` groups."""
+    return (*chunked_fkw(packed, chunk), thread_splits(packed, max_groups))
 
 
 def check_layer(packed: PackedConv | KernelSpec, data_shape, strides, padding) -> tuple[tuple, tuple, tuple]:
