@@ -209,3 +209,38 @@ def tuned_kernel_of(task, record) -> tvm.tirx.PrimFunc:
     sch = tvm.s_tir.Schedule(task.mod)
     record.trace.apply_to_schedule(sch, remove_postproc=False)
     return task.materialize(sch.mod)
+
+
+@pytest.mark.slow
+def test_confirm_remote_measures_through_the_rpc_runner(tuned):
+    """The same over RPC (a local server): the job's kind of builder and runner measure both kernels per round."""
+    from tvm.s_tir import meta_schedule as ms
+
+    from tvm_pattern.devices.cross import builder_export
+    from tvm_pattern.rpc import Server, Tracker
+    from tvm_pattern.schedules import dense_space
+    from tvm_pattern.tune.builder import PoolBuilder
+    from tvm_pattern.tune.confirm import confirm_remote
+    from tvm_pattern.tune.remote import create_session
+
+    path, _, _, work, _ = tuned
+    target = resolve_target("x86")
+    (task,) = extract_tasks(import_onnx(path), target)
+    database = open_database(work)
+    default = task.materialize(task.mod)
+    record = next(r for r in records(database, task) if r.run_secs and float(r.run_secs[0]) < FAILED_SECS
+                  and not tvm_ffi.structural_equal(tuned_kernel_of(task, r), default))  # fmt: skip
+    arguments = Arguments()
+    arguments.use(task)
+    builder = PoolBuilder(1, 120.0, dense_space.build, builder_export(target))
+    with Tracker() as tracker, Server(tracker=tracker.address, key="confirm"):
+        config = ms.runner.RPCConfig(*tracker.address, "confirm", session_timeout_sec=60)
+        runner = ms.runner.RPCRunner(config, ms.runner.EvaluatorConfig(number=3, repeat=3, min_repeat_ms=50),
+                                     f_create_session=create_session, f_alloc_argument=arguments, max_workers=1)
+        try:
+            confirmation = confirm_remote(task, record, target, builder, runner, rounds=2)
+        finally:
+            builder.close()
+    assert confirmation is not None and confirmation.where == "rpc" and confirmation.rounds == 2
+    assert confirmation.default_ms > 0 and confirmation.tuned_ms > 0
+    assert confirmation.knobs == record_knobs(task, record)

@@ -28,7 +28,7 @@ from tvm_pattern.tune.search import FAILED_SECS
 
 TOL = {"atol": 1e-4, "rtol": 1e-4}
 TRIALS = 2
-SEARCH = {"trials_per_iter": TRIALS, "population": 16, "progress": False}
+SEARCH = {"trials_per_iter": TRIALS, "population": 16, "progress": False, "confirm": False}  # see test_confirm.py
 
 
 class Mixed(nn.Module):

@@ -21,7 +21,10 @@ What MetaSchedule does not do and this package adds (``search``, ``job``):
 - devices that vanish: a runner error is checked against the tracker; if no server is left under the key the
   job stops with an ``RPCError`` saying so, the failed runs are not recorded (so a rerun measures them), and
   every finished measurement stays in the database;
-- runner arguments: the kernel's index and weight arrays are the layer's real ones (random indices crash).
+- runner arguments: the kernel's index and weight arrays are the layer's real ones (random indices crash);
+- confirmation (``confirm``): after a task's search its best record is timed against the default kernel,
+  interleaved, as the final model runs; only a win beyond noise replaces the default (``record_for`` reads the
+  verdicts in ``database_confirmed.json``), so tuning never leaves a layer slower than untuned.
 """
 
 from .database import RECORD_FILE, WORKLOAD_FILE, DatabaseDenseKernels, DatabaseKernels, open_database, tuned_kernel

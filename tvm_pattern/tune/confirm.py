@@ -217,15 +217,15 @@ def confirm_remote(task: TuningTask, record: ms.database.TuningRecord, target: T
         if any(b.error_msg for b in built):
             log.warning("%s: confirmation build failed: %s", task.name, next(b.error_msg for b in built if b.error_msg))
             return None
-        inputs = [ms.runner.RunnerInput(b.artifact_path, target.kind.name,
-                                        ms.arg_info.ArgInfo.from_prim_func(f))
+        device = "cpu" if target.kind.name == "llvm" else target.kind.name
+        inputs = [ms.runner.RunnerInput(b.artifact_path, device, ms.arg_info.ArgInfo.from_prim_func(f))
                   for b, f in zip(built, (default, tuned), strict=True)]  # fmt: skip
         samples: list[list[float]] = [[], []]
         for r in range(rounds):
             for i in ((0, 1) if r % 2 == 0 else (1, 0)):
                 result = runner.run([inputs[i]])[0].result()
                 if result.error_msg or not result.run_secs:
-                    log.warning("%s: confirmation run failed: %s", task.name, str(result.error_msg).splitlines()[0])
+                    log.warning("%s: confirmation run failed: %s", task.name, result.error_msg)
                     return None
                 samples[i].append(float(np.median([float(getattr(s, "value", s)) for s in result.run_secs])) * 1e3)
     finally:

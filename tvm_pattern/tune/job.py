@@ -83,6 +83,7 @@ class _Job:
     builders: int
     export: Callable
     arguments: Arguments = field(default_factory=Arguments)
+    confirm: bool = True  # confirm each task's best record against the default kernel (``confirm``)
     _measurers: tuple | None = None
     _op_cost_model: object = None
 
@@ -141,6 +142,7 @@ def tune(
     builders: int | None = None,
     seed: int | None = None,
     progress: bool = True,
+    confirm: bool = True,
 ) -> list[TaskResult]:
     """Tune each task until the database holds ``trials`` measurements of it; returns one result per task.
 
@@ -149,6 +151,10 @@ def tune(
     session may last (the server ends longer ones). ``wait_servers``: how long to wait for a first server.
     Raises ``RPCError`` if the tracker or the servers cannot be reached, or all servers disappear mid-job
     (what was measured stays in the database; rerunning the same job continues it).
+
+    ``confirm``: after each task's search, time its best record against the default kernel, interleaved, and
+    keep the default unless the record wins beyond noise (``confirm``; ``TaskResult.confirmation``). False
+    adopts the best record unconfirmed (tests of the machinery on kernels too small to time).
     """
     if int(trials) < 0:
         raise TvmPatternError(f"trials must be >= 0, got {trials}")
@@ -156,6 +162,7 @@ def tune(
         raise TvmPatternError("nothing to tune: the model has no op a tuning task covers")
     job = _job(resolve_target(target), Path(work_dir), tracker, key, trials_per_iter, population, genetic_iters,
                timeout, wait_servers, builders, seed, progress)  # fmt: skip
+    job.confirm = confirm
     started = time.monotonic()
     try:
         results = [_tune_task(job, task, int(trials), f"[{i + 1}/{len(tasks)}] ") for i, task in enumerate(tasks)]
@@ -200,7 +207,7 @@ def _tune_task(job: _Job, task: TuningTask, trials: int, step: str = "") -> Task
         run.best_secs = min(float(np.median(seconds(r.run_secs))) for r in valid)
     if run.budget == 0:
         log.info("%s: %d trials already in the database, nothing to measure", task.name, len(existing))
-        return _result(run, len(existing), 0.0, _confirm(job, task))
+        return _result(run, len(existing), 0.0, _confirm(job, task, measure=False))
     with without_tensor_intrinsics():
         inner = ms.search_strategy.EvolutionarySearch(population_size=job.population,
                                                       init_min_unmeasured=min(50, job.population),
@@ -235,7 +242,7 @@ def _tune_task(job: _Job, task: TuningTask, trials: int, step: str = "") -> Task
     if run.stop:
         raise RPCError(f"tuning stopped at {task.name}: {run.stop}. The database in {job.work} keeps every finished "
                        "measurement; run the same command again to continue")  # fmt: skip
-    confirmation = _confirm(job, task)
+    confirmation = _confirm(job, task, measure=job.confirm and run.measured > 0)
     return _result(run, len(existing) + run.measured, time.monotonic() - started, confirmation)
 
 
@@ -258,14 +265,15 @@ def _result(run: TuneRun, trials: int, seconds: float, confirmation: Confirmatio
     return TaskResult(run.task.name, trials, run.measured, best, seconds, run.exhausted, confirmation)
 
 
-def _confirm(job: _Job, task: TuningTask) -> Confirmation | None:
-    """Confirm the task's best record against its default kernel, once per record (``confirm``); None if there
-    is nothing to confirm (no record, the default is best, a leftover op) or the measurement failed."""
+def _confirm(job: _Job, task: TuningTask, measure: bool) -> Confirmation | None:
+    """The confirmation of the task's best record against its default kernel (``confirm``): the stored one, else
+    (``measure``: after a search that measured something) a new one. None if there is nothing to confirm (no
+    record, the default is best, a leftover op), or none was stored and ``measure`` is False, or it failed."""
     record = best_record(task, job.database, job.target)
     if record is None or isinstance(task, OpTask):
         return None
     confirmation = stored(job.database, task, record)
-    if confirmation is not None:
+    if confirmation is not None or not measure:
         return confirmation
     job.arguments.use(task)
     if job.remote is None:
