@@ -445,6 +445,7 @@ def _tuned_row(ly: Layer, w: np.ndarray, library, task, result, database, target
     """One layer of ``bench --tuned``: the untuned kernel and the one the database selects, checked to agree,
     then timed interleaved."""
     import tvm
+    import tvm_ffi
 
     from ..tune import tuned_kernel
     from ..tune.confirm import interleaved
@@ -452,10 +453,11 @@ def _tuned_row(ly: Layer, w: np.ndarray, library, task, result, database, target
     fn, args = _sparse_layer(ly, w, library, target)
     fn(*args)
     untuned_out = args[-1].numpy()
+    default = task.materialize(task.mod)
     func = tuned_kernel(task, database, target)
-    kept = func is not None
+    kept = func is not None and not tvm_ffi.structural_equal(func, default)  # the best record may be the default
     if func is None:  # no record, or confirmation kept the default: what ``compile --db`` runs
-        func = task.materialize(task.mod)
+        func = default
     dev = tvm.cpu()
     tuned_args = [args[0], *[tvm.runtime.tensor(a, dev) for a in task.arrays],
                   tvm.runtime.tensor(np.zeros(untuned_out.shape, np.float32), dev)]  # fmt: skip
