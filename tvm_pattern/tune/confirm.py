@@ -23,7 +23,7 @@ import os
 import shutil
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
@@ -118,6 +118,9 @@ class Confirmation:
                 f"({self.speedup:.2f}x, faster in {self.wins}/{self.rounds} rounds, {self.where})")
 
 
+_FIELDS = {f.name for f in fields(Confirmation)}
+
+
 def record_knobs(task: TuningTask, record: ms.database.TuningRecord) -> dict[str, int]:
     """The knob values ``record``'s trace selects for ``task``."""
     sch = s_tir.Schedule(task.mod)
@@ -162,7 +165,7 @@ def stored(where, task: TuningTask, record: ms.database.TuningRecord) -> Confirm
             continue
         picked = record_knobs(task, record) if picked is None else picked
         if {k: int(v) for k, v in entry.get("knobs", {}).items()} == picked:
-            found = Confirmation(**entry)
+            found = Confirmation(**{k: v for k, v in entry.items() if k in _FIELDS})
     return found
 
 
