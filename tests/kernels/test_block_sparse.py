@@ -56,6 +56,15 @@ def test_network_like_layers(c, oc, hw, s, g):
     check_conv(oc, c, hw, hw, g, 1 / 8, (s, s), (0, 0, 0, 0), True, "relu", s == 1)
 
 
+def test_default_packs_the_pixel_tile_of_expanding_convs():
+    """Packed tiles where each tile row feeds >= 8 block columns and the tile fits L2 (ResNet's expand convs)."""
+    rng = np.random.default_rng(0)
+    expand, reduce = pack(block_weight(rng, 256, 64, 4, 1 / 8)), pack(block_weight(rng, 64, 256, 4, 1 / 8))
+    assert conv2d_knobs(expand, (1, 64, 56, 56)).pack
+    assert not conv2d_knobs(reduce, (1, 256, 56, 56)).pack
+    check_conv(256, 64, 12, 12, 4, 1 / 8, (1, 1), (0, 0, 0, 0), True, "relu", True)
+
+
 @settings(max_examples=15, deadline=None)
 @given(oc=st.integers(1, 40), c=st.integers(1, 40), h=st.integers(1, 11), w=st.integers(1, 11), group=GROUPS,
        keep=st.sampled_from([0.0, 0.05, 0.125, 0.3, 1.0]), sh=st.integers(1, 3), sw=st.integers(1, 3),
@@ -67,9 +76,10 @@ def test_conv_random_shapes(oc, c, h, w, group, keep, sh, sw, pad, bias, act, re
 
 @settings(max_examples=12, deadline=None)
 @given(mr=st.integers(1, 8), nv=st.integers(1, 4), lanes=st.sampled_from([4, 8]), chunks=st.integers(1, 5),
-       tiles=st.integers(1, 4), threads=st.integers(1, 3), group=GROUPS, stride=st.integers(1, 2))
-def test_conv_knobs(mr, nv, lanes, chunks, tiles, threads, group, stride):
-    knobs = BlockConvKnobs(mr, nv, lanes, chunks, tiles, threads)
+       tiles=st.integers(1, 4), threads=st.integers(1, 3), group=GROUPS, stride=st.integers(1, 2),
+       pack=st.booleans())
+def test_conv_knobs(mr, nv, lanes, chunks, tiles, threads, group, stride, pack):
+    knobs = BlockConvKnobs(mr, nv, lanes, chunks, tiles, threads, pack)
     check_conv(37, 24, 10, 13, group, 0.25, (stride, stride), (0, 0, 0, 0), True, "relu6", stride == 1, knobs)
 
 

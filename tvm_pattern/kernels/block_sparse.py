@@ -60,6 +60,7 @@ class BlockConvKnobs:
     block_chunks: int  # chunks the blocks are split into (work items along the output channels)
     px_tiles: int  # pixel tiles per work item
     threads: int
+    pack: bool = False  # copy each pixel tile of every input row into a contiguous per-thread tile first
 
 
 @dataclass(frozen=True)
@@ -186,12 +187,26 @@ def _copy_source(script: Script, s: ConvShape) -> None:
                         f"{s.w} + T.max(T.min(x, {s.w - 1}), 0)], T.float32(0))")  # fmt: skip
 
 
+def _pack_tile_source(script: Script, s: ConvShape, kn: BlockConvKnobs) -> None:
+    """Copy pixel tile ``p0`` of every input row into the thread's contiguous ``(C, NR)`` tile.
+
+    Why: the kept columns of a block are input rows ``pixels`` floats apart; such a pitch maps one tile's lines
+    of all rows onto few L1 sets, so they evict each other and every block reloads them from L2. The copy reads
+    each row's tile once; the blocks then read a few contiguous KB.
+    """
+    nr = kn.nv * kn.lanes
+    src, base = ("dflat", f"b * {s.c * s.pixels} + ") if s.direct else ("xs", "")
+    with script.block(f"for c in range({s.c}):"), script.block(f"for l in T.vectorized({nr}):"):
+        script.line(f"tile[c * {nr} + l] = {src}[{base}c * {s.pixels} + p0 + l]")
+
+
 def _tile_source(script: Script, s: ConvShape, kn: BlockConvKnobs, g: int, bias: bool, residual: bool,
                  bounds) -> None:
     """Every (block, sub-block) of the item's block chunk on pixel tile ``p0``."""
     mr, nv, v = kn.mr, kn.nv, kn.lanes
     nr = nv * v
     src, base = ("dflat", f"b * {s.c * s.pixels} + ") if s.direct else ("xs", "")
+    src, base, shift = ("tile", "", "") if kn.pack else (src, base, " + p0")  # packed: xoff = column * NR
     with script.block("for bi in range(bsplit[bc + 1] - bsplit[bc]):"):
         script.line("blk: T.let = bsplit[bc] + bi", "e0: T.let = offsets[blk]")
         with script.block(f"for sb in range({g // mr}):"):
@@ -200,7 +215,7 @@ def _tile_source(script: Script, s: ConvShape, kn: BlockConvKnobs, g: int, bias:
                     script.block(f"for l in T.vectorized({v}):"):  # one register per (m, u), any NV
                 script.line(f"acc[m, u * {v} + l] = {'bias[r0 + m]' if bias else 'T.float32(0)'}")
             with script.block("for k in range(offsets[blk + 1] - e0):"):
-                script.line("e: T.let = e0 + k", f"xo: T.let = {base}xoff[e] + p0")
+                script.line("e: T.let = e0 + k", f"xo: T.let = {base}xoff[e]{shift}")
                 with script.block(f"for m in T.unroll({mr}):"):
                     script.line(f"wv: T.let = vals[e * {g} + sb * {mr} + m]")
                     with script.block(f"for u in T.unroll({nv}):"), script.block(f"for l in T.vectorized({v}):"):
@@ -243,15 +258,21 @@ def _conv_source(s: ConvShape, packed: BlockSparse, kn: BlockConvKnobs, bias: bo
             if not s.direct:
                 _copy_source(script, s)
             p0 = f"T.min(pt * {nr}, {s.pixels - nr})" if s.pixels % nr else f"pt * {nr}"
-            with script.block(f"for t in T.parallel({kn.threads}):"), script.block(f"for it in range({per}):"):
-                script.line(f"item: T.let = t * {per} + it")
-                with script.block(f"if item < {items}:"):
-                    script.line(f"pc: T.let = item // {kn.block_chunks}", f"bc: T.let = item % {kn.block_chunks}")
-                    with script.block(f"for pti in range({kn.px_tiles}):"):
-                        script.line(f"pt: T.let = pc * {kn.px_tiles} + pti")
-                        with script.block(f"if pt < {npt}:"):
-                            script.line(f"p0: T.let = {p0}")
-                            _tile_source(script, s, kn, g, bias, residual, bounds)
+            with script.block(f"for t in T.parallel({kn.threads}):"):
+                if kn.pack:
+                    script.line(f"tile = T.alloc_buffer(({s.c * nr},), 'float32', align=64)")
+                with script.block(f"for it in range({per}):"):
+                    script.line(f"item: T.let = t * {per} + it")
+                    with script.block(f"if item < {items}:"):
+                        script.line(f"pc: T.let = item // {kn.block_chunks}",
+                                    f"bc: T.let = item % {kn.block_chunks}")
+                        with script.block(f"for pti in range({kn.px_tiles}):"):
+                            script.line(f"pt: T.let = pc * {kn.px_tiles} + pti")
+                            with script.block(f"if pt < {npt}:"):
+                                script.line(f"p0: T.let = {p0}")
+                                if kn.pack:
+                                    _pack_tile_source(script, s, kn)
+                                _tile_source(script, s, kn, g, bias, residual, bounds)
     return script
 
 
@@ -269,7 +290,8 @@ def block_sparse_conv2d(packed: BlockSparse, data_shape, knobs: BlockConvKnobs, 
     kn = replace(kn, block_chunks=min(kn.block_chunks, packed.blocks))
     b = _padded_bias(bias, packed)
     func = _conv_source(s, packed, kn, b is not None, residual, bounds).parse()
-    arrays = [_nonempty(packed.values, np.float32), _nonempty(packed.cols.astype(np.int64) * s.pixels, np.int32),
+    pitch = kn.nv * kn.lanes if kn.pack else s.pixels  # a column's offset: into the packed tile, or the input
+    arrays = [_nonempty(packed.values, np.float32), _nonempty(packed.cols.astype(np.int64) * pitch, np.int32),
               packed.offsets.astype(np.int32), balanced_split(packed, kn.block_chunks)]  # fmt: skip
     if b is not None:
         arrays.append(b)
