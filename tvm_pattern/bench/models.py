@@ -21,7 +21,8 @@ from torch import nn
 
 from ..errors import ModelError, TvmPatternError
 
-__all__ = ["COMPRESSIONS", "MODELS", "build", "export_onnx", "mobilenet_v2", "prune_model", "resnet50", "vgg16", "vgg16_convs"]
+__all__ = ["COMPRESSIONS", "MODELS", "build", "export_onnx", "mobilenet_v2", "prune_model", "resnet50", "vgg16",
+           "vgg16_convs"]
 
 CONNECTIVITY = 3.6  # 3x3 convs at 8x: patterns (9 -> 4 taps, 2.25x) and 1/3.6 of the kernels
 COMPRESSIONS = {"none": None, "2.25": 2.25, "8": 8.0}

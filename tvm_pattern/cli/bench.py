@@ -32,8 +32,9 @@ def register(sub) -> None:
     p = sub.add_parser("bench", help="benchmark a suite's 3x3 convs: PyTorch dense vs TVM dense vs pattern-sparse; "
                        "or --model: a whole model on every runtime")  # fmt: skip
     p.add_argument("--suite", default="vgg16", choices=("vgg16", "resnet18", "resnet50"))
-    p.add_argument("--model", help="whole-model mode: resnet50, mobilenetv2, vgg16, vgg16-convs or FILE.onnx, on ours, PyTorch, "
-                   "ONNX Runtime, OpenVINO and DeepSparse (`make peers` installs the peers)")  # fmt: skip
+    p.add_argument("--model", help="whole-model mode: resnet50, mobilenetv2, vgg16, vgg16-convs (its conv stack) or "
+                   "FILE.onnx, on ours, PyTorch, ONNX Runtime, OpenVINO and DeepSparse (`make peers` installs the "
+                   "peers)")  # fmt: skip
     p.add_argument("--compression", type=_compression, default=None,
                    help="2.25: patterns only; 8: patterns + 3.6x connectivity (the --suite default); none: dense "
                         "(the --model default). --model: one-shot, every layer type (8: 1x1 / FC 8x in blocks "
