@@ -28,6 +28,7 @@ from tvm_pattern.tune.confirm import (
     decide,
     interleaved,
     record_knobs,
+    replayed,
     save,
     stored,
 )
@@ -192,23 +193,21 @@ def test_confirm_local_measures_a_record_against_the_default(tuned):
     path, _, _, work, _ = tuned
     target = resolve_target("x86")
     (task,) = extract_tasks(import_onnx(path), target)
-    database = open_database(work)
-    default = task.materialize(task.mod)
-    other = [r for r in records(database, task) if r.run_secs and float(r.run_secs[0]) < FAILED_SECS
-             and not tvm_ffi.structural_equal(tuned_kernel_of(task, r), default)]  # fmt: skip
-    assert other, "every trial measured the default kernel"
+    other = non_default_record(task, open_database(work))
+    assert other is not None, "every trial measured the default kernel"
     arguments = Arguments()
     arguments.use(task)
-    confirmation = confirm_local(task, other[0], target, arguments, rounds=3)
+    confirmation = confirm_local(task, other, target, arguments, rounds=3)
     assert confirmation.default_ms > 0 and confirmation.tuned_ms > 0
     assert confirmation.rounds == 3 and 0 <= confirmation.wins <= 3
-    assert confirmation.knobs == record_knobs(task, other[0]) and confirmation.where == "local"
+    assert confirmation.knobs == record_knobs(task, other) and confirmation.where == "local"
 
 
-def tuned_kernel_of(task, record) -> tvm.tirx.PrimFunc:
-    sch = tvm.s_tir.Schedule(task.mod)
-    record.trace.apply_to_schedule(sch, remove_postproc=False)
-    return task.materialize(sch.mod)
+def non_default_record(task, database):
+    """The first successful record of ``task`` whose kernel is not the default one, or None."""
+    default = task.materialize(task.mod)
+    return next((r for r in records(database, task) if r.run_secs and float(r.run_secs[0]) < FAILED_SECS
+                 and not tvm_ffi.structural_equal(task.materialize(replayed(task, r)), default)), None)  # fmt: skip
 
 
 @pytest.mark.slow
@@ -226,10 +225,8 @@ def test_confirm_remote_measures_through_the_rpc_runner(tuned):
     path, _, _, work, _ = tuned
     target = resolve_target("x86")
     (task,) = extract_tasks(import_onnx(path), target)
-    database = open_database(work)
-    default = task.materialize(task.mod)
-    record = next(r for r in records(database, task) if r.run_secs and float(r.run_secs[0]) < FAILED_SECS
-                  and not tvm_ffi.structural_equal(tuned_kernel_of(task, r), default))  # fmt: skip
+    record = non_default_record(task, open_database(work))
+    assert record is not None, "every trial measured the default kernel"
     arguments = Arguments()
     arguments.use(task)
     builder = PoolBuilder(1, 120.0, dense_space.build, builder_export(target))

@@ -187,6 +187,11 @@ def _copy_source(script: Script, s: ConvShape) -> None:
                         f"{s.w} + T.max(T.min(x, {s.w - 1}), 0)], T.float32(0))")  # fmt: skip
 
 
+def _input_rows(s: ConvShape) -> tuple[str, str]:
+    """(buffer, offset of image ``b``) of the input rows the kernel reads: in place, or the strided copy ``xs``."""
+    return ("dflat", f"b * {s.c * s.pixels} + ") if s.direct else ("xs", "")
+
+
 def _pack_tile_source(script: Script, s: ConvShape, kn: BlockConvKnobs) -> None:
     """Copy pixel tile ``p0`` of every input row into the thread's contiguous ``(C, NR)`` tile.
 
@@ -195,7 +200,7 @@ def _pack_tile_source(script: Script, s: ConvShape, kn: BlockConvKnobs) -> None:
     each row's tile once; the blocks then read a few contiguous KB.
     """
     nr = kn.nv * kn.lanes
-    src, base = ("dflat", f"b * {s.c * s.pixels} + ") if s.direct else ("xs", "")
+    src, base = _input_rows(s)
     with script.block(f"for c in range({s.c}):"), script.block(f"for l in T.vectorized({nr}):"):
         script.line(f"tile[c * {nr} + l] = {src}[{base}c * {s.pixels} + p0 + l]")
 
@@ -205,8 +210,7 @@ def _tile_source(script: Script, s: ConvShape, kn: BlockConvKnobs, g: int, bias:
     """Every (block, sub-block) of the item's block chunk on pixel tile ``p0``."""
     mr, nv, v = kn.mr, kn.nv, kn.lanes
     nr = nv * v
-    src, base = ("dflat", f"b * {s.c * s.pixels} + ") if s.direct else ("xs", "")
-    src, base, shift = ("tile", "", "") if kn.pack else (src, base, " + p0")  # packed: xoff = column * NR
+    src, base, shift = ("tile", "", "") if kn.pack else (*_input_rows(s), " + p0")  # packed: xoff = column * NR
     with script.block("for bi in range(bsplit[bc + 1] - bsplit[bc]):"):
         script.line("blk: T.let = bsplit[bc] + bi", "e0: T.let = offsets[blk]")
         with script.block(f"for sb in range({g // mr}):"):

@@ -39,7 +39,7 @@ from ..schedules.space import TuningTask, knobs
 log = logging.getLogger(__name__)
 
 __all__ = ["CONFIRM_FILE", "MAJORITY", "MARGIN", "NOISE_Z", "ROUNDS", "Confirmation", "confirm_local", "confirm_remote",
-           "decide", "interleaved", "record_knobs", "save", "stored"]
+           "decide", "interleaved", "record_knobs", "replayed", "save", "stored"]
 
 CONFIRM_FILE = "database_confirmed.json"
 MARGIN = 0.02  # the tuned median must be this much below the default's
@@ -121,11 +121,16 @@ class Confirmation:
 _FIELDS = {f.name for f in fields(Confirmation)}
 
 
-def record_knobs(task: TuningTask, record: ms.database.TuningRecord) -> dict[str, int]:
-    """The knob values ``record``'s trace selects for ``task``."""
+def replayed(task, record: ms.database.TuningRecord) -> IRModule:
+    """``task``'s workload with ``record``'s trace applied: the scheduled template its kernel is made from."""
     sch = s_tir.Schedule(task.mod)
     record.trace.apply_to_schedule(sch, remove_postproc=False)
-    return knobs(sch.mod["main"])
+    return sch.mod
+
+
+def record_knobs(task: TuningTask, record: ms.database.TuningRecord) -> dict[str, int]:
+    """The knob values ``record``'s trace selects for ``task``."""
+    return knobs(replayed(task, record)["main"])
 
 
 def _workload(task: TuningTask) -> str:
@@ -177,11 +182,11 @@ def _verdict(task: TuningTask, tuned: dict[str, int], default_ms: list[float], t
                         len(default_ms), tuned, where)  # fmt: skip
 
 
-def _kernels(task: TuningTask, record: ms.database.TuningRecord) -> tuple[tvm.tirx.PrimFunc, tvm.tirx.PrimFunc]:
-    """(default kernel, the record's kernel) as ``compile --db`` would get them."""
-    sch = s_tir.Schedule(task.mod)
-    record.trace.apply_to_schedule(sch, remove_postproc=False)
-    return task.materialize(task.mod), task.materialize(sch.mod)
+def _kernels(task: TuningTask, record: ms.database.TuningRecord) -> tuple[tvm.tirx.PrimFunc, tvm.tirx.PrimFunc,
+                                                                         dict[str, int]]:
+    """(default kernel, the record's kernel as ``compile --db`` would get it, the record's knobs)."""
+    mod = replayed(task, record)
+    return task.materialize(task.mod), task.materialize(mod), knobs(mod["main"])
 
 
 def _call(func: tvm.tirx.PrimFunc, target: Target, arguments) -> Callable[[], object]:
@@ -198,12 +203,12 @@ def confirm_local(task: TuningTask, record: ms.database.TuningRecord, target: Ta
     ``arguments``: the job's ``remote.Arguments`` (already ``use``-d for ``task``). Runs in this process's
     TVM thread pool (``targets.runtime_threads``), the one a compiled model uses.
     """
-    default, tuned = _kernels(task, record)
+    default, tuned, tuned_knobs = _kernels(task, record)
     if tvm_ffi.structural_equal(default, tuned):
         return None
     calls = [_call(default, target, arguments), _call(tuned, target, arguments)]
     default_ms, tuned_ms = interleaved(calls, rounds)
-    return _verdict(task, record_knobs(task, record), default_ms, tuned_ms, "local")
+    return _verdict(task, tuned_knobs, default_ms, tuned_ms, "local")
 
 
 def confirm_remote(task: TuningTask, record: ms.database.TuningRecord, target: Target, builder, runner,
@@ -211,7 +216,7 @@ def confirm_remote(task: TuningTask, record: ms.database.TuningRecord, target: T
     """As ``confirm_local``, measured by the job's builder and (RPC) runner: its warm-up call and its samples
     of >= 50 ms; one kernel per runner call, alternating which goes first. None if the record is the default
     kernel, or if a build or run failed (the record then stays unconfirmed)."""
-    default, tuned = _kernels(task, record)
+    default, tuned, tuned_knobs = _kernels(task, record)
     if tvm_ffi.structural_equal(default, tuned):
         return None
     mods = [IRModule({"main": f.with_attr("global_symbol", "main")}) for f in (default, tuned)]
@@ -235,4 +240,4 @@ def confirm_remote(task: TuningTask, record: ms.database.TuningRecord, target: T
         for b in built:
             if b.artifact_path:
                 shutil.rmtree(os.path.dirname(b.artifact_path), ignore_errors=True)
-    return _verdict(task, record_knobs(task, record), samples[0], samples[1], "rpc")
+    return _verdict(task, tuned_knobs, samples[0], samples[1], "rpc")

@@ -10,7 +10,6 @@ import os
 from pathlib import Path
 
 import tvm
-from tvm import s_tir
 from tvm.s_tir import meta_schedule as ms
 from tvm.target import Target
 
@@ -27,7 +26,7 @@ from ..passes import (
 from ..schedules import dense_space, family_name
 from ..schedules.space import TuningTask, knobs, template
 from ..targets import resolve_target
-from .confirm import stored
+from .confirm import replayed, stored
 from .tasks import dense_layer_task, layer_task
 
 log = logging.getLogger(__name__)
@@ -129,11 +128,7 @@ def tuned_kernel(task: TuningTask, database: ms.database.Database, target: Targe
     or None if it has no successful measurement of it for this kind of target or its confirmation kept the
     default kernel (``record_for``)."""
     record = record_for(task, database, target)
-    if record is None:
-        return None
-    sch = s_tir.Schedule(task.mod)
-    record.trace.apply_to_schedule(sch, remove_postproc=False)
-    return task.materialize(sch.mod)
+    return None if record is None else task.materialize(replayed(task, record))
 
 
 class DatabaseKernels:
@@ -176,9 +171,7 @@ class DatabaseDenseKernels:
         if record is None:
             log.info("%s: no tuning record for %s, default kernel", layer.name, task.name)
             return self.fallback.kernel(layer)
-        sch = s_tir.Schedule(task.mod)
-        record.trace.apply_to_schedule(sch, remove_postproc=False)
-        func = sch.mod["main"]
+        func = replayed(task, record)["main"]
         kernel = dense_space.kernel(template(func), knobs(func), layer.weight, layer.bias)
         if tuple(kernel.out_shape) != tuple(layer.out_shape):
             raise ValueError(f"{layer.name}: tuned kernel output shape {kernel.out_shape} != {layer.out_shape}")
