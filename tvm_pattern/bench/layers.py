@@ -134,21 +134,28 @@ def _compile_prim(func, target):
     return tvm.compile(tvm.IRModule({"main": func}), target=target)["main"]
 
 
-def _sparse_layer(layer: Layer, weight: np.ndarray, library, target, relu: bool = False):
-    """(compiled fn, argument tensors) for our kernel on a random input."""
+def _sparse_layer(layer: Layer, weight: np.ndarray, library, target, relu: bool = False, winograd: bool = True):
+    """(compiled fn, argument tensors) for our kernel on a random input: the one ``compile`` runs (the provider's
+    default: Winograd at pattern-only densities), or with ``winograd`` off the pattern kernel (the tuned template).
+    """
     import tvm
 
+    from ..passes import ConvLayer, DefaultKernels
     from ..schedules import sparse_conv2d
     from ..sparsity.format import pack
 
-    kernel = sparse_conv2d(
-        pack(weight, library), (1, layer.cin, layer.size, layer.size), (layer.stride,) * 2, (1, 1, 1, 1),
-        relu=relu, target=target,
-    )
+    packed = pack(weight, library)
+    shape, strides, padding = (1, layer.cin, layer.size, layer.size), (layer.stride,) * 2, (1, 1, 1, 1)
+    out_shape = (1, layer.cout, (layer.size - 1) // layer.stride + 1, (layer.size - 1) // layer.stride + 1)
+    if winograd:
+        kernel = DefaultKernels().kernel(ConvLayer(layer.name, packed, shape, strides, padding, None, relu,
+                                                   out_shape, target))  # fmt: skip
+    else:
+        kernel = sparse_conv2d(packed, shape, strides, padding, relu=relu, target=target)
     dev = tvm.cpu()
     x = np.random.default_rng(1).standard_normal((1, layer.cin, layer.size, layer.size)).astype(np.float32)
     args = [tvm.runtime.tensor(x, dev), *[tvm.runtime.tensor(a, dev) for a in kernel.arrays]]
-    args.append(tvm.runtime.tensor(np.zeros(kernel.out_shape, np.float32), dev))
+    args.append(tvm.runtime.tensor(np.zeros(out_shape, np.float32), dev))
     return _compile_prim(kernel.func, target), args
 
 
@@ -450,7 +457,7 @@ def _tuned_row(ly: Layer, w: np.ndarray, library, task, result, database, target
     from ..tune import tuned_kernel
     from ..tune.confirm import interleaved
 
-    fn, args = _sparse_layer(ly, w, library, target)
+    fn, args = _sparse_layer(ly, w, library, target, winograd=False)
     fn(*args)
     untuned_out = args[-1].numpy()
     default = task.materialize(task.mod)

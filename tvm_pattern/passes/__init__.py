@@ -27,10 +27,12 @@ from .provider import (
     DenseLayer,
     KernelProvider,
     ProvidedKernel,
+    density,
+    runs_winograd,
 )
 
 __all__ = ["OPAQUE", "BlockSparseDense", "BlockSparseReport", "ConvLayer", "ConvReport", "DefaultDenseKernels",
            "DefaultKernels", "DenseKernelProvider",
            "DenseKernels", "DenseLayer", "DenseReport", "KernelProvider", "ParallelizeDense", "PatternSparseConv2d",
            "ProvidedKernel"]  # fmt: skip
-__all__ += ["DepthwiseReport", "PatternDepthwiseConv2d"]
+__all__ += ["DepthwiseReport", "PatternDepthwiseConv2d", "density", "runs_winograd"]

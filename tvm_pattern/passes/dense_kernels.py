@@ -45,13 +45,15 @@ class DenseReport:
     rewritten: bool
     reason: str = ""
     epilogue: tuple[str, ...] = ()
+    winograd: bool = False  # run as Winograd F(4x4, 3x3)
 
     def __str__(self) -> str:
         shape = "x".join(map(str, self.weight_shape)) or "?"
         if not self.rewritten:
             return f"{self.name} [{shape}]: left to TVM ({self.reason})"
         fused = "".join(f" +{e}" for e in self.epilogue)
-        return f"{self.name} [{shape}]: generated {self.op} kernel{fused}"
+        how = "Winograd F(4x4, 3x3) " if self.winograd else ""
+        return f"{self.name} [{shape}]: generated {how}{self.op} kernel{fused}"
 
 
 class _Leave(Exception):
@@ -144,7 +146,7 @@ class DenseKernels:
             weight_shape = static_shape(binding.value.args[1].ty) or ()
             try:
                 layer, epi = self._layer(name, binding, fn, claimed)
-                plan = self._build(layer, binding.value.args[0], epi.residual, builder)
+                plan, winograd = self._build(layer, binding.value.args[0], epi.residual, builder)
             except _Leave as leave:
                 report = DenseReport(name, kind, weight_shape, False, str(leave))
                 log.info("%s", report)
@@ -152,7 +154,7 @@ class DenseKernels:
                 continue
             claimed.update(epi.absorbed)
             plans[epi.tail] = plan
-            report = DenseReport(name, layer.op, tuple(layer.weight.shape), True, "", epi.names)
+            report = DenseReport(name, layer.op, tuple(layer.weight.shape), True, "", epi.names, winograd)
             log.info("%s", report)
             self.summary.append(report)
         return plans
@@ -192,15 +194,16 @@ class DenseKernels:
                            epi.bias, activation, epi.residual is not None, out_shape, self._target())  # fmt: skip
         return layer, epi
 
-    def _build(self, layer: DenseLayer, data: relax.Expr, residual, builder: relax.BlockBuilder) -> KernelCall:
+    def _build(self, layer: DenseLayer, data: relax.Expr, residual, builder: relax.BlockBuilder):
+        """The ``call_tir`` plan of one op and whether its kernel is Winograd."""
         try:
             kernel = self.provider.kernel(layer)
         except TvmPatternError as err:  # a shape the generator refuses
             raise _Leave(f"the generated kernel cannot run it: {err}") from err
         func = kernel.func.without_attr("global_symbol").with_attr("op_pattern", OPAQUE)
-        gvar = builder.add_func(func, f"dense_{layer.op}")
+        gvar = builder.add_func(func, "winograd_conv2d" if kernel.winograd else f"dense_{layer.op}")
         inputs = (data,) if residual is None else (data, residual)
-        return KernelCall(inputs, gvar, tuple(kernel.arrays), layer.out_shape)
+        return KernelCall(inputs, gvar, tuple(kernel.arrays), layer.out_shape), kernel.winograd
 
     def _target(self) -> Target | None:
         return self.target if self.target is not None else Target.current(allow_none=True)

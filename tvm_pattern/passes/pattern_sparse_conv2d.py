@@ -27,7 +27,7 @@ from ..sparsity.format import PackedConv, pack
 from ..sparsity.library import KERNEL, PatternLibrary
 from ..targets import resolve_target
 from .epilogue import CONV2D, OPAQUE, FunctionBindings, as_constant, match_epilogue, static_shape
-from .provider import ConvLayer, DefaultKernels, KernelProvider
+from .provider import ConvLayer, DefaultKernels, KernelProvider, ProvidedKernel
 from .rewrite import KernelCall, rewrite_functions
 
 __all__ = ["ConvReport", "PatternSparseConv2d"]
@@ -52,6 +52,7 @@ class ConvReport:
     patterns: int = 0
     dense_kernel: bool = False  # an unpruned conv run by the generated kernel as one 9-tap pattern
     tuned: bool = False  # its kernel is the best schedule of a tuning database
+    winograd: bool = False  # run as Winograd F(4x4, 3x3): at this density faster than the pattern kernel
 
     @property
     def sparse(self) -> bool:
@@ -65,9 +66,10 @@ class ConvReport:
         fused = "".join(f" +{e}" for e in self.epilogue) + (", tuned" if self.tuned else "")
         if self.dense_kernel:
             return f"{self.name} [{shape}]: dense, run by the generated kernel as one 9-tap pattern{fused}"
+        how = ", run as Winograd F(4x4, 3x3) (faster at this density)" if self.winograd else ""
         return (
             f"{self.name} [{shape}]: pattern-sparse, {self.kept_kernels}/{total} kernels kept, "
-            f"{self.patterns} patterns{fused}"
+            f"{self.patterns} patterns{how}{fused}"
         )
 
 
@@ -209,10 +211,11 @@ class PatternSparseConv2d:
             if epi.scale is not None:  # scaling filters keeps every zero: the patterns are unchanged
                 weight = (weight * epi.scale[:, None, None, None]).astype(np.float32)
             packed, dense_kernel = _pack(weight, self.library, self.dense_kernel)
-            plan, tuned = self._build(name, call, packed, epi.bias, epi.relu, out_shape, builder)
+            plan, kernel = self._build(name, call, packed, epi.bias, epi.relu, out_shape, builder)
         except _Dense as dense:
             return self._leave_dense(name, weight_shape or (), dense), None
-        report = ConvReport(name, weight_shape, True, "", epi.names, packed.nnz, packed.k, dense_kernel, tuned)
+        report = ConvReport(name, weight_shape, True, "", epi.names, packed.nnz, packed.k, dense_kernel, kernel.tuned,
+                            kernel.winograd)  # fmt: skip
         log.info("%s", report)
         return report, (epi.tail, plan)
 
@@ -223,8 +226,8 @@ class PatternSparseConv2d:
         (log.info if dense.conforming else log.warning)("%s", report)
         return report
 
-    def _build(self, name, call, packed, bias, relu, out_shape, builder) -> tuple[KernelCall, bool]:
-        """The ``call_tir`` plan of one conv (its kernel from the provider) and whether that kernel is tuned."""
+    def _build(self, name, call, packed, bias, relu, out_shape, builder) -> tuple[KernelCall, ProvidedKernel]:
+        """The ``call_tir`` plan of one conv and the kernel the provider gave."""
         attrs = call.attrs
         layer = ConvLayer(name, packed, static_shape(call.args[0].ty), tuple(int(s) for s in attrs.strides),
                           tuple(int(p) for p in attrs.padding), bias, relu, out_shape, self._target())  # fmt: skip
@@ -233,8 +236,8 @@ class PatternSparseConv2d:
         except PatternError as err:  # a shape the kernel generator refuses
             raise _Dense(f"the sparse kernel cannot run it: {err}", False) from err
         func = kernel.func.without_attr("global_symbol").with_attr("op_pattern", OPAQUE)
-        gvar = builder.add_func(func, "pattern_conv2d")
-        return KernelCall((call.args[0],), gvar, tuple(kernel.arrays), out_shape), kernel.tuned
+        gvar = builder.add_func(func, "winograd_conv2d" if kernel.winograd else "pattern_conv2d")
+        return KernelCall((call.args[0],), gvar, tuple(kernel.arrays), out_shape), kernel
 
     def _target(self) -> Target | None:
         return self.target if self.target is not None else Target.current(allow_none=True)

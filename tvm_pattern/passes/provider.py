@@ -20,11 +20,11 @@ import numpy as np
 import tvm
 from tvm.target import Target
 
-from ..schedules import dense_cpu, sparse_conv2d
-from ..sparsity.format import PackedConv
+from ..schedules import dense_cpu, sparse_conv2d, winograd
+from ..sparsity.format import PackedConv, unpack
 
 __all__ = ["ConvLayer", "DefaultDenseKernels", "DefaultKernels", "DenseKernelProvider", "DenseLayer", "KernelProvider",
-           "ProvidedKernel"]  # fmt: skip
+           "ProvidedKernel", "density", "runs_winograd"]  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -49,6 +49,7 @@ class ProvidedKernel:
     func: tvm.tirx.PrimFunc
     arrays: tuple[np.ndarray, ...]
     tuned: bool = False  # the best schedule of a tuning database
+    winograd: bool = False  # a Winograd F(4x4, 3x3) kernel (``schedules.winograd``)
 
 
 @runtime_checkable
@@ -59,13 +60,37 @@ class KernelProvider(Protocol):
     def kernel(self, layer: ConvLayer) -> ProvidedKernel: ...
 
 
+def density(packed: PackedConv) -> float:
+    """The fraction of a 3x3 weight's taps that are kept."""
+    return packed.nnz * packed.n / max(1, packed.out_channels * packed.in_channels * 9)
+
+
+def runs_winograd(layer: ConvLayer | DenseLayer) -> bool:
+    """Whether the default kernel of ``layer`` is Winograd F(4x4, 3x3) (``schedules.winograd.unsuited``); tuning
+    skips such layers, as its templates are the direct kernels."""
+    target = layer.target if layer.target is not None else Target.current(allow_none=True)
+    if isinstance(layer, ConvLayer):
+        shape = (layer.packed.out_channels, layer.packed.in_channels, 3, 3)
+        return winograd.unsuited(shape, layer.data_shape, layer.strides, density(layer.packed), target) is None
+    return layer.op == "conv2d" and winograd.unsuited(layer.weight.shape, layer.data_shape, layer.strides, 1.0,
+                                                      target) is None  # fmt: skip
+
+
 class DefaultKernels:
-    """The templates' default kernels for the layer's target; ``config`` overrides knobs for every layer."""
+    """The templates' default kernels for the layer's target; ``config`` overrides knobs for every layer.
+
+    Without ``config``, a layer that keeps most of its taps runs as Winograd F(4x4, 3x3) where that is faster
+    (``runs_winograd``); ``config`` asks for the pattern kernel with those knobs everywhere.
+    """
 
     def __init__(self, config: Mapping | None = None) -> None:
         self.config = config
 
     def kernel(self, layer: ConvLayer) -> ProvidedKernel:
+        if self.config is None and runs_winograd(layer):
+            kernel = winograd.conv2d(unpack(layer.packed), layer.data_shape, layer.padding, layer.bias,
+                                     "relu" if layer.relu else None)  # fmt: skip
+            return ProvidedKernel(kernel.func, tuple(kernel.arrays), winograd=True)
         kernel = sparse_conv2d(layer.packed, layer.data_shape, layer.strides, layer.padding,
                                bias=layer.bias is not None, relu=layer.relu, target=layer.target,
                                config=self.config)  # fmt: skip
@@ -110,6 +135,10 @@ class DefaultDenseKernels:
     """``schedules.dense_cpu``'s kernels with the target's default knobs."""
 
     def kernel(self, layer: DenseLayer) -> ProvidedKernel:
+        if runs_winograd(layer):
+            kernel = winograd.conv2d(layer.weight, layer.data_shape, layer.padding, layer.bias, layer.activation,
+                                     layer.residual)  # fmt: skip
+            return ProvidedKernel(kernel.func, tuple(kernel.arrays), winograd=True)
         common = {"bias": layer.bias, "activation": layer.activation, "target": layer.target}
         if layer.op == "dense":
             kernel = dense_cpu.linear(layer.weight, layer.data_shape[0], **common)

@@ -22,6 +22,7 @@ from ..passes import (
     DenseLayer,
     KernelProvider,
     ProvidedKernel,
+    runs_winograd,
 )
 from ..schedules import dense_space, family_name
 from ..schedules.space import TuningTask, knobs, template
@@ -143,6 +144,8 @@ class DatabaseKernels:
         self.fallback = fallback if fallback is not None else DefaultKernels()
 
     def kernel(self, layer: ConvLayer) -> ProvidedKernel:
+        if runs_winograd(layer):  # no task was tuned for it (``TaskCollector``)
+            return self.fallback.kernel(layer)
         task = layer_task(layer)
         target = layer.target if layer.target is not None else resolve_target(None)
         func = tuned_kernel(task, self.database, target)
@@ -165,6 +168,8 @@ class DatabaseDenseKernels:
         self.tuned: list[str] = []  # the layers that got a tuned kernel
 
     def kernel(self, layer: DenseLayer) -> ProvidedKernel:
+        if runs_winograd(layer):
+            return self.fallback.kernel(layer)
         task = dense_layer_task(layer)
         target = layer.target if layer.target is not None else resolve_target(None)
         record = record_for(task, self.database, target)

@@ -22,6 +22,7 @@ from ..passes import (
     PatternDepthwiseConv2d,
     PatternSparseConv2d,
     ProvidedKernel,
+    runs_winograd,
 )
 from ..schedules import dense_space, tuning_task
 from ..schedules.dense_space import DenseTuningTask
@@ -79,7 +80,8 @@ class TaskCollector:
         self.tasks: list[TuningTask] = []
 
     def kernel(self, layer: ConvLayer) -> ProvidedKernel:
-        self.tasks.append(layer_task(layer))
+        if not runs_winograd(layer):  # a Winograd layer has no template to tune
+            self.tasks.append(layer_task(layer))
         return self.fallback.kernel(layer)
 
 
@@ -104,7 +106,8 @@ class DenseTaskCollector:
         self.tasks: list[DenseTuningTask] = []
 
     def kernel(self, layer: DenseLayer) -> ProvidedKernel:
-        self.tasks.append(dense_layer_task(layer))
+        if not runs_winograd(layer):
+            self.tasks.append(dense_layer_task(layer))
         return self.fallback.kernel(layer)
 
 
