@@ -68,7 +68,9 @@ def decide(default_samples: Sequence[float], tuned_samples: Sequence[float], mar
     logs = np.log(tuned / default)
     gain = -float(np.median(logs))
     spread = 1.4826 * float(np.median(np.abs(logs + gain)))
-    return bool(np.median(tuned) < np.median(default) * (1.0 - margin) and gain > -math.log(1.0 - margin)
+    edge = 1e-9  # a gain of exactly ``margin`` is not more than it, whatever the rounding of the ratios
+    return bool(np.median(tuned) < np.median(default) * (1.0 - margin) * (1.0 - edge)
+                and gain > -math.log(1.0 - margin) + edge
                 and gain > NOISE_Z * spread / math.sqrt(n) and int((tuned < default).sum()) >= needed)  # fmt: skip
 
 
