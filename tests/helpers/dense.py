@@ -33,5 +33,13 @@ def activate(t: torch.Tensor, activation) -> torch.Tensor:
     return t
 
 
+def with_residual(want: torch.Tensor, x: np.ndarray, residual: bool, rng: np.random.Generator):
+    """(the expected output, the kernel's inputs): a random residual added to both when ``residual``."""
+    if not residual:
+        return want, [x]
+    r = rng.standard_normal(tuple(want.shape), dtype=np.float32)
+    return want + torch.tensor(r), [x, r]
+
+
 def close(got: np.ndarray, want: torch.Tensor) -> None:
     np.testing.assert_allclose(got, want.numpy(), rtol=1e-4, atol=1e-4)

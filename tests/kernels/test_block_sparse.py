@@ -5,7 +5,7 @@ OpenCL (Mali) variants on PoCL."""
 import numpy as np
 import pytest
 import torch
-from helpers.dense import activate, close, run
+from helpers.dense import activate, close, run, with_residual
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -42,11 +42,7 @@ def check_conv(oc, c, h, w, group, keep, stride, pad, bias, act, residual, knobs
     w4 = torch.tensor(weight).reshape(oc, c, 1, 1)
     want = torch.nn.functional.conv2d(xt, w4, None if b is None else torch.tensor(b), stride)
     assert k.out_shape == tuple(want.shape)
-    inputs = [x]
-    if residual:
-        r = rng.standard_normal(want.shape, dtype=np.float32)
-        want = want + torch.tensor(r)
-        inputs.append(r)
+    want, inputs = with_residual(want, x, residual, rng)
     close(run(k, *inputs), activate(want, act))
 
 

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 import torch
-from helpers.dense import activate, close, run
+from helpers.dense import activate, close, run, with_residual
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -24,11 +24,7 @@ def check(oc, c, h, w, kh, kw, stride, pad, bias, act, residual, knobs=None, see
     xt = torch.nn.functional.pad(torch.tensor(x), (left, right, top, bottom))
     want = torch.nn.functional.conv2d(xt, torch.tensor(weight), None if b is None else torch.tensor(b), stride)
     assert k.out_shape == tuple(want.shape)
-    inputs = [x]
-    if residual:
-        r = rng.standard_normal(want.shape, dtype=np.float32)
-        want = want + torch.tensor(r)
-        inputs.append(r)
+    want, inputs = with_residual(want, x, residual, rng)
     close(run(k, *inputs), activate(want, act))
 
 

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 import torch
-from helpers.dense import activate, close, run
+from helpers.dense import activate, close, run, with_residual
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -23,11 +23,7 @@ def check(c, h, w, k, stride, pad, bias, act, residual, knobs=None, seed=0):
     want = torch.nn.functional.conv2d(xt, torch.tensor(weight), None if b is None else torch.tensor(b), stride,
                                       groups=c)
     assert kern.out_shape == tuple(want.shape)
-    inputs = [x]
-    if residual:
-        r = rng.standard_normal(want.shape, dtype=np.float32)
-        want = want + torch.tensor(r)
-        inputs.append(r)
+    want, inputs = with_residual(want, x, residual, rng)
     got = run(kern, *inputs)
     assert np.abs(got).max() > 0 or np.abs(want.numpy()).max() == 0
     close(got, activate(want, act))

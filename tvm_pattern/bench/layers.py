@@ -140,13 +140,14 @@ def _sparse_layer(layer: Layer, weight: np.ndarray, library, target, relu: bool 
     """
     import tvm
 
+    from ..kernels.pattern_conv2d import conv_out_shape
     from ..passes import ConvLayer, DefaultKernels
     from ..schedules import sparse_conv2d
     from ..sparsity.format import pack
 
     packed = pack(weight, library)
     shape, strides, padding = (1, layer.cin, layer.size, layer.size), (layer.stride,) * 2, (1, 1, 1, 1)
-    out_shape = (1, layer.cout, (layer.size - 1) // layer.stride + 1, (layer.size - 1) // layer.stride + 1)
+    out_shape = conv_out_shape(shape, layer.cout, strides, padding)
     if winograd:
         kernel = DefaultKernels().kernel(ConvLayer(layer.name, packed, shape, strides, padding, None, relu,
                                                    out_shape, target))  # fmt: skip

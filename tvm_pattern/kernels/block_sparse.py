@@ -44,7 +44,7 @@ import numpy as np
 
 from ..errors import TvmPatternError
 from ..sparsity.blocks import BlockSparse
-from .dense_common import DenseKernel, check_activation, epilogue, padding4, pair
+from .dense_common import DenseKernel, bias_array, check_activation, epilogue, padding4, pair
 from .tvmscript import Script, buffer_param
 
 __all__ = ["BlockConvKnobs", "BlockGpuKnobs", "BlockLinearKnobs", "ConvShape", "balanced_split", "block_sparse_conv2d",
@@ -147,9 +147,7 @@ def _padded_bias(bias: np.ndarray | None, packed: BlockSparse) -> np.ndarray | N
     """The (O,) bias zero-padded to whole blocks (the kernels initialise padding rows too)."""
     if bias is None:
         return None
-    b = np.ascontiguousarray(bias, dtype=np.float32).reshape(-1)
-    if b.shape != (packed.out_features,):
-        raise TvmPatternError(f"bias must have {packed.out_features} values, got shape {np.shape(bias)}")
+    b = bias_array(bias, packed.out_features)
     out = np.zeros(packed.blocks * packed.group, np.float32)
     out[:len(b)] = b
     return out

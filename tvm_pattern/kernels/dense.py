@@ -20,7 +20,7 @@ import numpy as np
 import tvm
 
 from ..errors import TvmPatternError
-from .dense_common import DenseKernel, check_activation, epilogue, i64
+from .dense_common import DenseKernel, bias_array, check_activation, epilogue, i64
 
 __all__ = ["DenseKnobs", "dense", "pack_weights"]
 
@@ -109,8 +109,6 @@ def dense(
     func = tvm.script.from_source(_source(o, i, batch, kn, bias is not None, bounds))
     arrays = [pack_weights(weight, kn.mo, kn.lanes)]
     if bias is not None:
-        b = np.ascontiguousarray(bias, dtype=np.float32).reshape(-1)
-        if b.shape != (o,):
-            raise TvmPatternError(f"bias must have {o} values, got shape {np.shape(bias)}")
+        b = bias_array(bias, o)
         arrays.append(b)
     return DenseKernel(func, tuple(arrays), (batch, o))

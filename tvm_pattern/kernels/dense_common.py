@@ -15,7 +15,7 @@ import tvm
 from ..errors import TvmPatternError
 from .tvmscript import i64_shape
 
-__all__ = ["ACTIVATIONS", "DenseKernel", "check_activation", "epilogue", "i64", "padding4", "pair"]
+__all__ = ["ACTIVATIONS", "DenseKernel", "bias_array", "check_activation", "epilogue", "i64", "padding4", "pair"]
 
 
 @dataclass(frozen=True)
@@ -59,6 +59,14 @@ def epilogue(value: str, bounds: tuple[float, float] | None) -> str:
     lo, hi = bounds
     value = f"T.max({value}, {_f32(lo)})" if lo != float("-inf") else value
     return f"T.min({value}, {_f32(hi)})" if hi != float("inf") else value
+
+
+def bias_array(bias, n: int) -> np.ndarray:
+    """``bias`` as a contiguous float32 (n,) array; ``TvmPatternError`` if it does not hold ``n`` values."""
+    b = np.ascontiguousarray(bias, dtype=np.float32).reshape(-1)
+    if b.shape != (n,):
+        raise TvmPatternError(f"bias must have {n} values, got shape {np.shape(bias)}")
+    return b
 
 
 def pair(v, name: str) -> tuple[int, int]:

@@ -31,7 +31,7 @@ import numpy as np
 import tvm
 
 from ..errors import TvmPatternError
-from .dense_common import DenseKernel, check_activation, epilogue, i64, padding4, pair
+from .dense_common import DenseKernel, bias_array, check_activation, epilogue, i64, padding4, pair
 
 __all__ = ["ConvGeometry", "ConvKnobs", "blocks", "dense_conv2d", "fit_knobs", "geometry", "pack_weights"]
 
@@ -309,8 +309,6 @@ def dense_conv2d(
     func = tvm.script.from_source(_source(g, kn, bias is not None, residual, bounds))
     arrays = [pack_weights(weight, g, kn.mr), g.offsets()]
     if bias is not None:
-        b = np.ascontiguousarray(bias, dtype=np.float32).reshape(-1)
-        if b.shape != (g.oc,):
-            raise TvmPatternError(f"bias must have {g.oc} values, got shape {np.shape(bias)}")
+        b = bias_array(bias, g.oc)
         arrays.append(b)
     return DenseKernel(func, tuple(arrays), (g.n, g.oc, g.oh, g.ow))

@@ -20,7 +20,7 @@ import numpy as np
 import tvm
 
 from ..errors import TvmPatternError
-from .dense_common import DenseKernel, check_activation, epilogue, i64, padding4, pair
+from .dense_common import DenseKernel, bias_array, check_activation, epilogue, i64, padding4, pair
 
 __all__ = ["DepthwiseGeometry", "DepthwiseKnobs", "depthwise_conv2d", "geometry"]
 
@@ -177,8 +177,6 @@ def depthwise_conv2d(
     func = tvm.script.from_source(_source(g, kn, bias is not None, residual, bounds))
     arrays = [np.ascontiguousarray(weight.reshape(-1))]
     if bias is not None:
-        b = np.ascontiguousarray(bias, dtype=np.float32).reshape(-1)
-        if b.shape != (g.c,):
-            raise TvmPatternError(f"bias must have {g.c} values, got shape {np.shape(bias)}")
+        b = bias_array(bias, g.c)
         arrays.append(b)
     return DenseKernel(func, tuple(arrays), (g.n, g.c, g.oh, g.ow))

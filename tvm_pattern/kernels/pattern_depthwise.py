@@ -29,7 +29,7 @@ import numpy as np
 
 from ..errors import TvmPatternError
 from ..sparsity.depthwise import DepthwisePatterns
-from .dense_common import DenseKernel, check_activation, epilogue, padding4, pair
+from .dense_common import DenseKernel, bias_array, check_activation, epilogue, padding4, pair
 from .depthwise_conv2d import DepthwiseGeometry, geometry
 from .tvmscript import Script, buffer_param
 
@@ -382,8 +382,6 @@ def pattern_depthwise(
     arrays = [packed.order.astype(np.int32), np.ascontiguousarray(weights, np.float32),
               thread_split(packed, kn.threads)]
     if bias is not None:
-        b = np.ascontiguousarray(bias, dtype=np.float32).reshape(-1)
-        if b.shape != (g.c,):
-            raise TvmPatternError(f"bias must have {g.c} values, got shape {np.shape(bias)}")
+        b = bias_array(bias, g.c)
         arrays.append(b)
     return DenseKernel(func, tuple(arrays), (g.n, g.c, g.oh, g.ow))

@@ -29,7 +29,7 @@ import numpy as np
 import tvm
 
 from ..errors import TvmPatternError
-from .dense_common import DenseKernel, check_activation, epilogue, i64, padding4
+from .dense_common import DenseKernel, bias_array, check_activation, epilogue, i64, padding4
 
 __all__ = ["WinogradGeometry", "WinogradKnobs", "default_knobs", "geometry", "transform_weights", "winograd_conv2d"]
 
@@ -130,8 +130,7 @@ def default_knobs(weight_shape, data_shape, padding) -> WinogradKnobs:
     every chunk streams again) and the layer has many tiles: its transformed tiles then never leave L2
     (64 channels at 224x224: 21 -> 14 ms, 128 at 112x112: 12.7 -> 11.1 ms).
     """
-    tw = -(-(int(data_shape[3]) + sum(padding4(padding)[1::2]) - 2) // M_TILE)
-    lanes = VECTOR if tw >= VECTOR else 4
+    lanes = VECTOR if geometry(weight_shape, data_shape, padding, WinogradKnobs()).tw >= VECTOR else 4
     g = geometry(weight_shape, data_shape, padding, WinogradKnobs(6, 2, lanes))
     chunked = XI * g.c * g.op * 4 <= CHUNK_WEIGHTS and g.th * g.twv >= 4 * CHUNK_TILES
     return WinogradKnobs(6, 2, lanes, g.op > g.tp, CHUNK_TILES if chunked else 0)
@@ -340,8 +339,6 @@ def winograd_conv2d(weight: np.ndarray, data_shape, padding=(1, 1, 1, 1), bias: 
     func = tvm.script.from_source(_source(g, knobs, bias is not None, residual, bounds))
     arrays = [transform_weights(weight, g, knobs.mr)]
     if bias is not None:
-        b = np.ascontiguousarray(bias, dtype=np.float32).reshape(-1)
-        if b.shape != (g.o,):
-            raise TvmPatternError(f"bias must have {g.o} values, got shape {np.shape(bias)}")
+        b = bias_array(bias, g.o)
         arrays.append(b)
     return DenseKernel(func, tuple(arrays), (g.n, g.o, g.oh, g.ow))

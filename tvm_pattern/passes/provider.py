@@ -87,18 +87,20 @@ class DefaultKernels:
         self.config = config
 
     def kernel(self, layer: ConvLayer) -> ProvidedKernel:
-        if self.config is None and runs_winograd(layer):
+        use_winograd = self.config is None and runs_winograd(layer)
+        if use_winograd:  # its arrays hold the bias already
             kernel = winograd.conv2d(unpack(layer.packed), layer.data_shape, layer.padding, layer.bias,
                                      "relu" if layer.relu else None)  # fmt: skip
-            return ProvidedKernel(kernel.func, tuple(kernel.arrays), winograd=True)
-        kernel = sparse_conv2d(layer.packed, layer.data_shape, layer.strides, layer.padding,
-                               bias=layer.bias is not None, relu=layer.relu, target=layer.target,
-                               config=self.config)  # fmt: skip
+            arrays = tuple(kernel.arrays)
+        else:
+            kernel = sparse_conv2d(layer.packed, layer.data_shape, layer.strides, layer.padding,
+                                   bias=layer.bias is not None, relu=layer.relu, target=layer.target,
+                                   config=self.config)  # fmt: skip
+            arrays = (*kernel.arrays, *(() if layer.bias is None else (layer.bias,)))
         if tuple(kernel.out_shape) != tuple(layer.out_shape):
             raise ValueError(f"{layer.name}: sparse kernel output shape {kernel.out_shape} != conv2d's "
                              f"{layer.out_shape}")  # fmt: skip
-        bias = () if layer.bias is None else (layer.bias,)
-        return ProvidedKernel(kernel.func, (*kernel.arrays, *bias))
+        return ProvidedKernel(kernel.func, arrays, winograd=use_winograd)
 
 
 @dataclass(frozen=True)
@@ -135,12 +137,12 @@ class DefaultDenseKernels:
     """``schedules.dense_cpu``'s kernels with the target's default knobs."""
 
     def kernel(self, layer: DenseLayer) -> ProvidedKernel:
-        if runs_winograd(layer):
+        common = {"bias": layer.bias, "activation": layer.activation, "target": layer.target}
+        use_winograd = runs_winograd(layer)
+        if use_winograd:
             kernel = winograd.conv2d(layer.weight, layer.data_shape, layer.padding, layer.bias, layer.activation,
                                      layer.residual)  # fmt: skip
-            return ProvidedKernel(kernel.func, tuple(kernel.arrays), winograd=True)
-        common = {"bias": layer.bias, "activation": layer.activation, "target": layer.target}
-        if layer.op == "dense":
+        elif layer.op == "dense":
             kernel = dense_cpu.linear(layer.weight, layer.data_shape[0], **common)
         elif layer.op == "depthwise":
             kernel = dense_cpu.depthwise(layer.weight, layer.data_shape, layer.strides, layer.padding,
@@ -150,4 +152,4 @@ class DefaultDenseKernels:
                                       residual=layer.residual, **common)  # fmt: skip
         if tuple(kernel.out_shape) != tuple(layer.out_shape):
             raise ValueError(f"{layer.name}: kernel output shape {kernel.out_shape} != {layer.out_shape}")
-        return ProvidedKernel(kernel.func, tuple(kernel.arrays))
+        return ProvidedKernel(kernel.func, tuple(kernel.arrays), winograd=use_winograd)
