@@ -19,6 +19,7 @@ from tvm.target import Target
 
 from tvm_pattern.kernels.dense_common import DenseKernel
 from tvm_pattern.kernels.winograd_conv2d import winograd_conv2d
+from tvm_pattern.targets import vector_registers
 
 from .registry import family_name
 
@@ -44,6 +45,9 @@ def unsuited(weight_shape, data_shape, strides, density: float, target: Target |
     return None
 
 
-def conv2d(weight: np.ndarray, data_shape, padding, bias=None, activation=None, residual: bool = False) -> DenseKernel:
-    """The Winograd kernel of one layer with its default knobs (``winograd_conv2d.default_knobs``)."""
-    return winograd_conv2d(weight, data_shape, padding, bias, activation, residual)
+def conv2d(weight: np.ndarray, data_shape, padding, bias=None, activation=None, residual: bool = False,
+           target: Target | None = None) -> DenseKernel:
+    """The Winograd kernel of one layer with the default knobs for ``target``'s vector registers
+    (``winograd_conv2d.default_knobs``)."""
+    return winograd_conv2d(weight, data_shape, padding, bias, activation, residual,
+                           registers=vector_registers(target))

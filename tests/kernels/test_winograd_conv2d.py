@@ -44,7 +44,7 @@ def test_random_shapes(oc, c, h, w, pad, bias, act, residual, seed):
 
 
 @settings(max_examples=12, deadline=None)
-@given(mr=st.sampled_from([1, 4, 6, 12]), nv=st.integers(1, 3), lanes=st.sampled_from([4, 8]),
+@given(mr=st.sampled_from([1, 4, 6, 12, 24]), nv=st.integers(1, 3), lanes=st.sampled_from([4, 8]),
        filters_outer=st.booleans(), blocks=st.sampled_from([0, 1, 2, 4]), hw=st.integers(5, 40))
 def test_knobs(mr, nv, lanes, filters_outer, blocks, hw):
     knobs = WinogradKnobs(mr, nv, lanes, filters_outer, blocks * nv * 8)
@@ -56,6 +56,18 @@ def test_default_knobs_chunk_only_large_maps_of_few_channels():
     assert default_knobs((256, 256, 3, 3), (1, 256, 56, 56), 1).chunk == 0
     knobs = default_knobs((512, 512, 3, 3), (1, 512, 28, 28), 1)
     assert knobs.filters_outer and (knobs.mr, knobs.nv) == (6, 2)
+
+
+def test_default_knobs_tall_block_only_with_32_registers_and_few_tiles():
+    assert (default_knobs((512, 512, 3, 3), (1, 512, 28, 28), 1, registers=32).mr,) == (24,)
+    assert default_knobs((512, 512, 3, 3), (1, 512, 14, 14), 1, registers=32).nv == 1
+    assert default_knobs((256, 256, 3, 3), (1, 256, 56, 56), 1, registers=32) == default_knobs(
+        (256, 256, 3, 3), (1, 256, 56, 56), 1)
+    assert default_knobs((512, 512, 3, 3), (1, 512, 14, 14), 1).mr == 6  # AVX2: 24 accumulators would spill
+
+
+def test_tall_block_default_numerics():
+    check(50, 24, 12, 12, (1, 1, 1, 1), True, "relu", True, default_knobs((50, 24, 3, 3), (1, 24, 12, 12), 1, 32))
 
 
 def test_geometry_pads_tiles_to_register_blocks():

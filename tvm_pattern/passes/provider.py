@@ -90,7 +90,7 @@ class DefaultKernels:
         use_winograd = self.config is None and runs_winograd(layer)
         if use_winograd:  # its arrays hold the bias already
             kernel = winograd.conv2d(unpack(layer.packed), layer.data_shape, layer.padding, layer.bias,
-                                     "relu" if layer.relu else None)  # fmt: skip
+                                     "relu" if layer.relu else None, target=layer.target)  # fmt: skip
             arrays = tuple(kernel.arrays)
         else:
             kernel = sparse_conv2d(layer.packed, layer.data_shape, layer.strides, layer.padding,
@@ -141,7 +141,7 @@ class DefaultDenseKernels:
         use_winograd = runs_winograd(layer)
         if use_winograd:
             kernel = winograd.conv2d(layer.weight, layer.data_shape, layer.padding, layer.bias, layer.activation,
-                                     layer.residual)  # fmt: skip
+                                     layer.residual, layer.target)  # fmt: skip
         elif layer.op == "dense":
             kernel = dense_cpu.linear(layer.weight, layer.data_shape[0], **common)
         elif layer.op == "depthwise":
