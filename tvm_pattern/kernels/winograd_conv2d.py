@@ -46,6 +46,7 @@ CHUNK_TILES = 64
 CHUNK_WEIGHTS = 4 << 20
 TALL_FILTERS = 24  # filters of the tall register block on 32-register targets (default_knobs)
 TALL_RATIO = 4
+TALL_MIN_FILTERS = 512
 VECTOR = 8  # fp32 lanes of the GEMM's vectors (AVX2 ymm; AVX-512 machines double-pump zmm FMAs anyway)
 
 
@@ -128,11 +129,12 @@ def default_knobs(weight_shape, data_shape, padding, registers: int = 16) -> Win
     12x1, 8x1 and 4x3, which spills); the filters' loop outer when a transform's weights outweigh its tiles
     (512 channels at 28x28: 1.7x); transforms 8 lanes wide unless a tile row is shorter than 8 tiles.
 
-    With ``registers`` >= 32 (AVX-512) a layer with at least ``TALL_RATIO`` times more filters than tiles takes
-    a tall ``TALL_FILTERS`` x 1 block (26 registers): its tiles pad to 8, not 16, and each weight panel of the
-    streamed transformed weights feeds 24 accumulators. Measured on Zen 4, interleaved, against 6x2: 512@28
-    7.95 -> 6.55 ms, 512@14 2.78 -> 2.24, 256->512@28 4.53 -> 3.81; at 56x56 (fewer filters than 4x the tiles)
-    it ties or loses (7.03 -> 7.29).
+    With ``registers`` >= 32 (AVX-512), a layer of at least ``TALL_MIN_FILTERS`` filters and ``TALL_RATIO``
+    times more filters than tiles takes a tall ``TALL_FILTERS`` x 1 block (26 registers): its tiles pad to 8,
+    not 16, and each weight broadcast of the streamed transformed weights feeds 24 accumulators. Measured on
+    Zen 4, interleaved, caches flushed between calls as a model's other layers do, against 6x2: 512@28
+    7.94 -> 6.66 ms, 512@14 2.78 -> 2.24, 256->512@28 4.03 -> 3.61; but 256@14 0.61 -> 0.70, 128@28 a tie,
+    and 256@56, 128->256@56 (fewer filters than 4x the tiles) 3-6% slower.
 
     Chunks of ``CHUNK_TILES`` tiles when the transformed weights are small (at most ``CHUNK_WEIGHTS`` bytes, which
     every chunk streams again) and the layer has many tiles: its transformed tiles then never leave L2
@@ -140,7 +142,7 @@ def default_knobs(weight_shape, data_shape, padding, registers: int = 16) -> Win
     """
     lanes = VECTOR if geometry(weight_shape, data_shape, padding, WinogradKnobs()).tw >= VECTOR else 4
     g = geometry(weight_shape, data_shape, padding, WinogradKnobs(6, 2, lanes))
-    if registers >= 32 and g.o >= TALL_RATIO * g.th * g.twv:
+    if registers >= 32 and g.o >= max(TALL_MIN_FILTERS, TALL_RATIO * g.th * g.twv):
         return WinogradKnobs(TALL_FILTERS, 1, lanes, True, 0)
     chunked = XI * g.c * g.op * 4 <= CHUNK_WEIGHTS and g.th * g.twv >= 4 * CHUNK_TILES
     return WinogradKnobs(6, 2, lanes, g.op > g.tp, CHUNK_TILES if chunked else 0)
