@@ -8,6 +8,8 @@ The rule, from interleaved A/B on a 2-vCPU AVX2 (Zen 3) VM, 2 threads, VGG-16's 
 - unpruned layers: Winograd does a quarter of the direct conv's MACs;
 - not below ``MIN_CHANNELS`` input channels (the GEMM over channels is too short: stems) nor on maps smaller
   than ``MIN_SIDE`` (a 7x7 map has 4 tiles, mostly padding in a 16-tile register block);
+- the register block: ``default_knobs`` for the target's vector registers (a tall 24x1 block for 512-filter
+  layers on small maps with AVX-512's 32, measured 1.1-1.25x on Zen 4);
 - x86 only. The arm_cpu (NEON) and Mali templates keep the direct kernels: their speed cannot be measured
   here (emulated phone, PoCL), and NEON's 4-lane vectors would need their own register block.
 """
