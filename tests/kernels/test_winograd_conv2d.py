@@ -59,7 +59,7 @@ def test_default_knobs_chunk_only_large_maps_of_few_channels():
 
 
 def test_default_knobs_tall_block_only_with_32_registers_and_few_tiles():
-    assert (default_knobs((512, 512, 3, 3), (1, 512, 28, 28), 1, registers=32).mr,) == (24,)
+    assert default_knobs((512, 512, 3, 3), (1, 512, 28, 28), 1, registers=32).mr == 24
     assert default_knobs((512, 512, 3, 3), (1, 512, 14, 14), 1, registers=32).nv == 1
     assert default_knobs((256, 256, 3, 3), (1, 256, 56, 56), 1, registers=32) == default_knobs(
         (256, 256, 3, 3), (1, 256, 56, 56), 1)
