@@ -18,6 +18,7 @@ contiguous run of them, so row blocks are outermost and a thread's input stays i
                 for r, j in R x C:            # sblock "acc_p{p}": j split NV x V, vectorized, unrolled
                   acc[r, j] += sum_t w_t * slab[ic, r*s + dr_t, j + dc_t]   # tap offsets are literals
             part[o] = acc, or on the last chunk out[b, perm[o], r0:r0+R, c0:c0+C] = relu(acc)
+                                              # with ``pool``: the 2x2 maxima, out[.., r0/2:(r0+R)/2, ..]
 
 Why chunks: every kept kernel streams R + 2 input rows of its channel; with the slab of all channels in L2,
 that stream, not the FMAs, bounds the kernel (about 32 bytes per cycle for 2 FMAs). Walking every filter over
@@ -46,9 +47,11 @@ from .tvmscript import Script, buffer_param
 
 VARIANTS_ATTR = "tvm_pattern.block_variants"  # function attribute: how many block-shape variants to schedule
 CHUNKS_ATTR = "tvm_pattern.channel_chunks"  # function attribute: input-channel chunks (> 1: partial-sum stores)
+POOL_ATTR = "tvm_pattern.max_pool"  # function attribute: 1 if the kernel stores the 2x2 / stride-2 max-pool
 
 __all__ = [
     "CHUNKS_ATTR",
+    "POOL_ATTR",
     "VARIANTS_ATTR",
     "Geometry",
     "KernelSpec",
@@ -63,6 +66,7 @@ __all__ = [
     "fkw_params",
     "geometry",
     "kernel_arrays",
+    "pooled_shape",
     "split_base",
     "thread_split",
     "thread_splits",
@@ -304,6 +308,21 @@ def _tap_sum(taps: list[tuple[int, int]], g: Geometry) -> str:
     return " + ".join(terms)
 
 
+def pooled_shape(out_shape: tuple[int, ...]) -> tuple[int, int, int, int]:
+    """The NCHW shape after a 2x2 / stride-2 max-pool (floor mode) of ``out_shape``."""
+    n, c, h, w = out_shape
+    return (n, c, h // 2, w // 2)
+
+
+def _check_pool(g: Geometry) -> None:
+    """A fused max-pool needs even output sizes and an even block height, so every block pools whole 2x2 windows
+    (block origins are then even too: ``r0 = min(rb * R, OH - R)``, ``C`` is whole vectors)."""
+    if g.oh % 2 or g.ow % 2:
+        raise PatternError(f"a fused 2x2 max-pool needs an even output size, got {g.oh}x{g.ow}")
+    if g.rows % 2 or g.cols % 2:
+        raise PatternError(f"a fused 2x2 max-pool needs an even output block, got {g.rows}x{g.cols}")
+
+
 def _interior(g: Geometry) -> tuple[int, int]:
     """First and last column block whose slab lies inside the input (no padding to insert)."""
     _, sp, sc = g.slab
@@ -391,13 +410,27 @@ def _pattern_loop(script: Script, p: int, taps: list[tuple[int, int]], k: int, g
         _block(script, f"acc_p{p}_v{v}", g.variants()[v], reads, "acc[vr, vj]", body)
 
 
+def _store(script: Script, g: Geometry, v: int, relu: bool, pool: bool) -> None:
+    """The block's outputs (ReLU applied), or with ``pool`` their 2x2 maxima (block origins and sizes are even)."""
+    shape = g.variants()[v]
+    if not pool:
+        value = "T.max(acc[vr, vj], T.float32(0))" if relu else "acc[vr, vj]"
+        store = "out[b, oc, r0 + vr, c0 + vj]"
+        _block(script, f"store_v{v}", shape, "acc[vr, vj]", store, f"{store} = {value}")
+        return
+    quad = [f"acc[vr * 2 + {i}, vj * 2 + {j}]" for i in (0, 1) for j in (0, 1)]
+    value = f"T.max(T.max({quad[0]}, {quad[1]}), T.max({quad[2]}, {quad[3]}))"
+    value = f"T.max({value}, T.float32(0))" if relu else value
+    store = "out[b, oc, r0 // 2 + vr, c0 // 2 + vj]"
+    _block(script, f"pool_v{v}", (shape[0] // 2, shape[1] // 2), "acc[vr * 2:vr * 2 + 2, vj * 2:vj * 2 + 2]", store,
+           f"{store} = {value}")
+
+
 def _filters_source(script: Script, spec: KernelSpec, g: Geometry, v: int, bias: bool, relu: bool,
-                    chunks: int) -> None:
+                    chunks: int, pool: bool) -> None:
     """Every filter of the item's group on one output block of shape variant ``v``, chunk by chunk."""
     shape = g.variants()[v]
     init = "bias[oc]" if bias else "T.float32(0)"
-    value = "T.max(acc[vr, vj], T.float32(0))" if relu else "acc[vr, vj]"
-    store = "out[b, oc, r0 + vr, c0 + vj]"
     loop = script.block(f"for cj in T.serial({chunks}):") if chunks > 1 else contextlib.nullcontext()
     with loop, script.block("for oo in T.serial(tsplit[sb + grp + 1] - tsplit[sb + grp]):"):
         if chunks > 1:
@@ -412,15 +445,16 @@ def _filters_source(script: Script, spec: KernelSpec, g: Geometry, v: int, bias:
         for p, taps in enumerate(spec.taps()):
             _pattern_loop(script, p, taps, spec.k, g, v, chunks)
         if chunks == 1:
-            _block(script, f"store_v{v}", shape, "acc[vr, vj]", store, f"{store} = {value}")
+            _store(script, g, v, relu, pool)
             return
         with script.block(f"if c < {chunks - 1}:"):  # two exclusive ifs, no else (see _dispatch_source)
             _block(script, f"keep_v{v}", shape, "acc[vr, vj]", "part[o, vr, vj]", "part[o, vr, vj] = acc[vr, vj]")
         with script.block(f"if c == {chunks - 1}:"):
-            _block(script, f"store_v{v}", shape, "acc[vr, vj]", store, f"{store} = {value}")
+            _store(script, g, v, relu, pool)
 
 
-def _dispatch_source(script: Script, spec: KernelSpec, g: Geometry, bias: bool, relu: bool, chunks: int) -> None:
+def _dispatch_source(script: Script, spec: KernelSpec, g: Geometry, bias: bool, relu: bool, chunks: int,
+                     pool: bool) -> None:
     """Branch to the block-shape variant of the current block (full, last row block, last column block).
 
     One ``if`` per variant with exclusive conditions, no ``else``: TVM 0.27's schedule state mutated the
@@ -428,7 +462,7 @@ def _dispatch_source(script: Script, spec: KernelSpec, g: Geometry, bias: bool, 
     """
     shapes = g.variants()
     if len(shapes) == 1:
-        _filters_source(script, spec, g, 0, bias, relu, chunks)
+        _filters_source(script, spec, g, 0, bias, relu, chunks, pool)
         return
     for i, (nr, nc) in enumerate(shapes):
         conds = []
@@ -437,11 +471,14 @@ def _dispatch_source(script: Script, spec: KernelSpec, g: Geometry, bias: bool, 
         if g.col_tail != g.cols:
             conds.append(f"cb {'==' if nc != g.cols else '<'} {g.ncb - 1}")
         with script.block(f"if {' and '.join(conds)}:"):
-            _filters_source(script, spec, g, i, bias, relu, chunks)
+            _filters_source(script, spec, g, i, bias, relu, chunks, pool)
 
 
-def _source(spec: KernelSpec, data_shape, strides, padding, bias: bool, relu: bool, nest: NestShape) -> Script:
+def _source(spec: KernelSpec, data_shape, strides, padding, bias: bool, relu: bool, nest: NestShape,
+            pool: bool = False) -> Script:
     g = geometry(spec, data_shape, strides, padding, nest)
+    if pool:
+        _check_pool(g)
     threads = nest.threads
     groups = g.groups(threads)
     max_groups = max(groups, nest.max_groups or groups)
@@ -449,9 +486,10 @@ def _source(spec: KernelSpec, data_shape, strides, padding, bias: bool, relu: bo
     per_thread = -(-items // threads)
     tsplit = buffer_param("tsplit", (split_base(max_groups + 1),), "int32")
     chunks = chunk_count(spec.in_channels, nest.chunk)
-    params = fkw_params(spec, data_shape, (g.n, spec.out_channels, g.oh, g.ow), bias, (tsplit,), chunks)
+    out_shape = (g.n, spec.out_channels, *((g.oh // 2, g.ow // 2) if pool else (g.oh, g.ow)))
+    params = fkw_params(spec, data_shape, out_shape, bias, (tsplit,), chunks)
     script = Script()
-    attrs = {"tirx.noalias": True, VARIANTS_ATTR: len(g.variants()), CHUNKS_ATTR: chunks}
+    attrs = {"tirx.noalias": True, VARIANTS_ATTR: len(g.variants()), CHUNKS_ATTR: chunks, POOL_ATTR: int(pool)}
     with script.prim_func("sparse_conv2d", params, attrs), script.block(f"for t in T.parallel({threads}):"):
         # Rows are not padded to cache lines: padded (written once, so compaction keeps it) ran 0.88-1.05x.
         script.line(f"slab = T.alloc_buffer(({g.c}, {', '.join(map(str, g.slab))}), 'float32', align=64)")
@@ -471,7 +509,7 @@ def _source(spec: KernelSpec, data_shape, strides, padding, bias: bool, relu: bo
                     f"c0: T.let = {g.col_origin}",
                 )
                 _pack_source(script, g)
-                _dispatch_source(script, spec, g, bias, relu, chunks)
+                _dispatch_source(script, spec, g, bias, relu, chunks, pool)
     return script
 
 
@@ -520,13 +558,15 @@ def check_layer(packed: PackedConv | KernelSpec, data_shape, strides, padding) -
 
 def unscheduled(
     packed: PackedConv | KernelSpec, data_shape, strides=(1, 1), padding=(1, 1, 1, 1), bias: bool = False,
-    relu: bool = False, config: NestShape | Mapping | object = None,
+    relu: bool = False, config: NestShape | Mapping | object = None, pool: bool = False,
 ) -> tvm.tirx.PrimFunc:
     """The generated PrimFunc before the schedule (what a tuner's ``ScheduleFn`` starts from).
 
     ``config``: the nest's structure, a ``NestShape`` or any knob set holding ``rows``, ``cols``, ``threads``
-    (``peel``, ``max_groups`` optional), e.g. ``schedules.x86.CpuKnobs``.
+    (``peel``, ``max_groups`` optional), e.g. ``schedules.x86.CpuKnobs``. ``pool``: store the 2x2 / stride-2
+    max-pool of the (ReLU'd) output instead of the output, saving the pool op's pass over the full-size map
+    (needs an even output size and an even ``rows``; ``PatternError`` otherwise).
     """
     spec = packed if isinstance(packed, KernelSpec) else KernelSpec.of(packed)
     data_shape, strides, padding = check_layer(spec, data_shape, strides, padding)
-    return _source(spec, data_shape, strides, padding, bias, relu, NestShape.of(config)).parse()
+    return _source(spec, data_shape, strides, padding, bias, relu, NestShape.of(config), pool).parse()
