@@ -35,8 +35,10 @@ def conv_module(
     extra_use: bool = False,
     padding=None,
     strides=(1, 1),
+    pool: dict | None = None,
 ) -> tvm.IRModule:
-    """main(x) = [relu](conv(x, W) [+ bias]) [+ conv(x, W) when extra_use], built with a BlockBuilder."""
+    """main(x) = [max_pool2d(**pool)]([relu](conv(x, W) [+ bias]) [+ conv(x, W) when extra_use]), built with a
+    BlockBuilder."""
     bb = relax.BlockBuilder()
     x = relax.Var("x", relax.TensorType(data_shape, dtype))
     w_param = relax.Var("w", relax.TensorType(weight.shape, dtype))
@@ -62,6 +64,8 @@ def conv_module(
                 y = bb.emit(relax.op.nn.relu(y), name_hint="act")
             if extra_use:
                 y = bb.emit(relax.op.add(y, conv), name_hint="both")
+            if pool is not None:
+                y = bb.emit(relax.op.nn.max_pool2d(y, **pool), name_hint="pooled")
             out = bb.emit_output(y)
         bb.emit_func_output(out)
     return bb.get()

@@ -2,8 +2,9 @@
 conv (inference batch_norm, bias add, ReLU), its matching, and binding lookups.
 
 ``match_epilogue`` follows a conv's sole users; the ops it absorbs become the kernel's epilogue (batch_norm
-folded into the weights as a scale and a bias). ``match_activation_epilogue`` (the dense kernels') also takes
-a residual add and clip / ReLU6 activations, as the ONNX importer emits them.
+folded into the weights as a scale and a bias). ``match_max_pool`` finds a 2x2 / stride-2 max-pool after that
+chain, which a kernel may store instead of the full-size map. ``match_activation_epilogue`` (the dense
+kernels') also takes a residual add and clip / ReLU6 activations, as the ONNX importer emits them.
 """
 
 from __future__ import annotations
@@ -16,9 +17,9 @@ import tvm
 from tvm import relax
 from tvm.relax.dpl import is_const, is_op, wildcard
 
-__all__ = ["BATCH_NORM", "BIAS", "BIAS_ADD", "BIAS_CONST", "CONV2D", "OPAQUE", "RELU", "Epilogue",
+__all__ = ["BATCH_NORM", "BIAS", "BIAS_ADD", "BIAS_CONST", "CONV2D", "MAX_POOL", "OPAQUE", "RELU", "Epilogue",
            "FunctionBindings", "as_constant", "as_scalar", "match_activation_epilogue", "match_epilogue",
-           "static_shape"]  # fmt: skip
+           "match_max_pool", "static_shape"]  # fmt: skip
 
 OPAQUE = 8  # relay/relax OpPatternKind kOpaque: FuseOps must not merge more ops into a generated kernel
 
@@ -29,6 +30,7 @@ BIAS_ADD = is_op("relax.add")(wildcard(), BIAS) | is_op("relax.add")(BIAS, wildc
 RELU = is_op("relax.nn.relu")(wildcard())
 CONV2D = is_op("relax.nn.conv2d")(wildcard(), wildcard())
 BATCH_NORM = is_op("relax.nn.batch_norm")(wildcard(), is_const(), is_const(), is_const(), is_const())
+MAX_POOL = is_op("relax.nn.max_pool2d")(wildcard())
 
 
 
@@ -152,6 +154,23 @@ def match_epilogue(conv_var: relax.Var, fn: FunctionBindings, out_shape: tuple[i
     if user is not None and RELU.match(user.value, fn.var2val) and user.value.args[0].same_as(epi.tail):
         epi.tail, epi.relu, epi.names = user.var, True, (*epi.names, "relu")
     return epi
+
+
+def match_max_pool(tail: relax.Var, fn: FunctionBindings, out_shape: tuple[int, ...]) -> relax.VarBinding | None:
+    """The binding of a 2x2 / stride-2, unpadded, floor-mode NCHW max-pool that is ``tail``'s sole user, if
+    ``out_shape`` (``tail``'s NCHW shape) has an even height and width; None otherwise."""
+    user = fn.sole_user(tail)
+    if user is None or len(out_shape) != 4 or out_shape[2] % 2 or out_shape[3] % 2:
+        return None
+    if not MAX_POOL.match(user.value, fn.var2val) or not user.value.args[0].same_as(tail):
+        return None
+    a = user.value.attrs
+    ints = [tuple(int(v) for v in x) for x in (a.pool_size, a.strides, a.padding, a.dilation)]
+    if ints != [(2, 2), (2, 2), (0, 0, 0, 0), (1, 1)] or bool(a.ceil_mode):
+        return None
+    if (str(a.layout), str(a.out_layout or a.layout)) != ("NCHW", "NCHW"):
+        return None
+    return user
 
 
 _MINMAX_TIR = re.compile(r"^(maximum|minimum)\d*$")  # what the ONNX importer's Clip emits through call_te

@@ -4,8 +4,9 @@ Every ``relax.nn.conv2d`` with a constant 3x3 weight whose kernels fit the patte
 ``call_tir`` of a pattern-sparse PrimFunc, which the pass's ``KernelProvider`` gives (default: the
 templates' default kernels; tuning supplies a database-backed one). The per-channel ops that follow
 it (an inference batch_norm, as torch.export emits, folded into the weights; a bias add, as ONNX and
-torch.export emit; a ReLU), matched with ``tvm.relax.dpl``, become the kernel's epilogue. Every other conv
-stays dense and the reason is logged, so a user can see why a layer did not speed up.
+torch.export emit; a ReLU), matched with ``tvm.relax.dpl``, become the kernel's epilogue, and a 2x2 / stride-2
+max-pool after them too where the provider's kernel stores it (``ProvidedKernel.pooled``: x86, where it pays).
+Every other conv stays dense and the reason is logged, so a user can see why a layer did not speed up.
 """
 
 from __future__ import annotations
@@ -23,10 +24,11 @@ from tvm.ir import IRModule
 from tvm.target import Target
 
 from ..errors import PatternError
+from ..kernels.pattern_conv2d import pooled_shape
 from ..sparsity.format import PackedConv, pack
 from ..sparsity.library import KERNEL, PatternLibrary
 from ..targets import resolve_target
-from .epilogue import CONV2D, OPAQUE, FunctionBindings, as_constant, match_epilogue, static_shape
+from .epilogue import CONV2D, OPAQUE, FunctionBindings, as_constant, match_epilogue, match_max_pool, static_shape
 from .provider import ConvLayer, DefaultKernels, KernelProvider, ProvidedKernel
 from .rewrite import KernelCall, rewrite_functions
 
@@ -211,13 +213,15 @@ class PatternSparseConv2d:
             if epi.scale is not None:  # scaling filters keeps every zero: the patterns are unchanged
                 weight = (weight * epi.scale[:, None, None, None]).astype(np.float32)
             packed, dense_kernel = _pack(weight, self.library, self.dense_kernel)
-            plan, kernel = self._build(name, call, packed, epi.bias, epi.relu, out_shape, builder)
+            pool = match_max_pool(epi.tail, fn, out_shape)
+            plan, kernel = self._build(name, call, packed, epi.bias, epi.relu, out_shape, builder, pool is not None)
         except _Dense as dense:
             return self._leave_dense(name, weight_shape or (), dense), None
-        report = ConvReport(name, weight_shape, True, "", epi.names, packed.nnz, packed.k, dense_kernel, kernel.tuned,
+        names, tail = (*epi.names, "max_pool") if kernel.pooled else epi.names, pool.var if kernel.pooled else epi.tail
+        report = ConvReport(name, weight_shape, True, "", names, packed.nnz, packed.k, dense_kernel, kernel.tuned,
                             kernel.winograd)  # fmt: skip
         log.info("%s", report)
-        return report, (epi.tail, plan)
+        return report, (tail, plan)
 
     def _leave_dense(self, name: str, weight_shape: tuple[int, ...], dense: _Dense) -> ConvReport:
         if self.strict and not dense.conforming:
@@ -226,18 +230,22 @@ class PatternSparseConv2d:
         (log.info if dense.conforming else log.warning)("%s", report)
         return report
 
-    def _build(self, name, call, packed, bias, relu, out_shape, builder) -> tuple[KernelCall, ProvidedKernel]:
-        """The ``call_tir`` plan of one conv and the kernel the provider gave."""
+    def _build(self, name, call, packed, bias, relu, out_shape, builder,
+               pool: bool = False) -> tuple[KernelCall, ProvidedKernel]:
+        """The ``call_tir`` plan of one conv and the kernel the provider gave (``pool``: a max-pool follows,
+        which the kernel may store instead; then the plan's output is the pooled map)."""
         attrs = call.attrs
         layer = ConvLayer(name, packed, static_shape(call.args[0].ty), tuple(int(s) for s in attrs.strides),
-                          tuple(int(p) for p in attrs.padding), bias, relu, out_shape, self._target())  # fmt: skip
+                          tuple(int(p) for p in attrs.padding), bias, relu, out_shape, self._target(),
+                          pool)  # fmt: skip
         try:
             kernel = self.provider.kernel(layer)
         except PatternError as err:  # a shape the kernel generator refuses
             raise _Dense(f"the sparse kernel cannot run it: {err}", False) from err
         func = kernel.func.without_attr("global_symbol").with_attr("op_pattern", OPAQUE)
         gvar = builder.add_func(func, "winograd_conv2d" if kernel.winograd else "pattern_conv2d")
-        return KernelCall((call.args[0],), gvar, tuple(kernel.arrays), out_shape), kernel
+        shape = pooled_shape(out_shape) if kernel.pooled else out_shape
+        return KernelCall((call.args[0],), gvar, tuple(kernel.arrays), shape), kernel
 
     def _target(self) -> Target | None:
         return self.target if self.target is not None else Target.current(allow_none=True)

@@ -20,7 +20,8 @@ import numpy as np
 import tvm
 from tvm.target import Target
 
-from ..schedules import dense_cpu, sparse_conv2d, winograd
+from ..kernels.pattern_conv2d import pooled_shape
+from ..schedules import dense_cpu, family_name, sparse_conv2d, winograd, x86
 from ..sparsity.format import PackedConv, unpack
 
 __all__ = ["ConvLayer", "DefaultDenseKernels", "DefaultKernels", "DenseKernelProvider", "DenseLayer", "KernelProvider",
@@ -40,6 +41,7 @@ class ConvLayer:
     relu: bool
     out_shape: tuple[int, ...]
     target: Target | None  # None: the current target
+    pool: bool = False  # a 2x2 / stride-2 max-pool follows; the kernel may store its result instead (``pooled``)
 
 
 @dataclass(frozen=True)
@@ -50,6 +52,7 @@ class ProvidedKernel:
     arrays: tuple[np.ndarray, ...]
     tuned: bool = False  # the best schedule of a tuning database
     winograd: bool = False  # a Winograd F(4x4, 3x3) kernel (``schedules.winograd``)
+    pooled: bool = False  # it stores the 2x2 max-pool of the conv's output (the layer asked, ``ConvLayer.pool``)
 
 
 @runtime_checkable
@@ -88,19 +91,30 @@ class DefaultKernels:
 
     def kernel(self, layer: ConvLayer) -> ProvidedKernel:
         use_winograd = self.config is None and runs_winograd(layer)
+        pooled = not use_winograd and layer.pool and _fuses_pool(layer)
         if use_winograd:  # its arrays hold the bias already
             kernel = winograd.conv2d(unpack(layer.packed), layer.data_shape, layer.padding, layer.bias,
                                      "relu" if layer.relu else None, target=layer.target)  # fmt: skip
             arrays = tuple(kernel.arrays)
         else:
-            kernel = sparse_conv2d(layer.packed, layer.data_shape, layer.strides, layer.padding,
-                                   bias=layer.bias is not None, relu=layer.relu, target=layer.target,
-                                   config=self.config)  # fmt: skip
+            generate = x86.generate if pooled else sparse_conv2d
+            kernel = generate(layer.packed, layer.data_shape, layer.strides, layer.padding,
+                              bias=layer.bias is not None, relu=layer.relu, target=layer.target, config=self.config,
+                              **({"pool": True} if pooled else {}))  # fmt: skip
             arrays = (*kernel.arrays, *(() if layer.bias is None else (layer.bias,)))
-        if tuple(kernel.out_shape) != tuple(layer.out_shape):
-            raise ValueError(f"{layer.name}: sparse kernel output shape {kernel.out_shape} != conv2d's "
-                             f"{layer.out_shape}")  # fmt: skip
-        return ProvidedKernel(kernel.func, arrays, winograd=use_winograd)
+        expected = pooled_shape(layer.out_shape) if pooled else tuple(layer.out_shape)
+        if tuple(kernel.out_shape) != tuple(expected):
+            raise ValueError(f"{layer.name}: sparse kernel output shape {kernel.out_shape} != {expected}")
+        return ProvidedKernel(kernel.func, arrays, winograd=use_winograd, pooled=pooled)
+
+
+def _fuses_pool(layer: ConvLayer) -> bool:
+    """Whether ``layer``'s kernel should store the max-pool after it: x86 only (the Arm and Mali kernels could,
+    but their speed cannot be measured here), when the block cost model says so (``x86.fuses_pool``)."""
+    target = layer.target if layer.target is not None else Target.current(allow_none=True)
+    if family_name(target) != x86.NAME:
+        return False
+    return x86.fuses_pool(layer.packed, layer.data_shape, layer.out_shape, target)
 
 
 @dataclass(frozen=True)
