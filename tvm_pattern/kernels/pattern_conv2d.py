@@ -486,7 +486,8 @@ def _source(spec: KernelSpec, data_shape, strides, padding, bias: bool, relu: bo
     per_thread = -(-items // threads)
     tsplit = buffer_param("tsplit", (split_base(max_groups + 1),), "int32")
     chunks = chunk_count(spec.in_channels, nest.chunk)
-    out_shape = (g.n, spec.out_channels, *((g.oh // 2, g.ow // 2) if pool else (g.oh, g.ow)))
+    out_shape = (g.n, spec.out_channels, g.oh, g.ow)
+    out_shape = pooled_shape(out_shape) if pool else out_shape
     params = fkw_params(spec, data_shape, out_shape, bias, (tsplit,), chunks)
     script = Script()
     attrs = {"tirx.noalias": True, VARIANTS_ATTR: len(g.variants()), CHUNKS_ATTR: chunks, POOL_ATTR: int(pool)}

@@ -217,7 +217,9 @@ class PatternSparseConv2d:
             plan, kernel = self._build(name, call, packed, epi.bias, epi.relu, out_shape, builder, pool is not None)
         except _Dense as dense:
             return self._leave_dense(name, weight_shape or (), dense), None
-        names, tail = (*epi.names, "max_pool") if kernel.pooled else epi.names, pool.var if kernel.pooled else epi.tail
+        names, tail = epi.names, epi.tail
+        if kernel.pooled:  # the kernel stores the pool's result: the pool's binding becomes the call
+            names, tail = (*names, "max_pool"), pool.var
         report = ConvReport(name, weight_shape, True, "", names, packed.nnz, packed.k, dense_kernel, kernel.tuned,
                             kernel.winograd)  # fmt: skip
         log.info("%s", report)

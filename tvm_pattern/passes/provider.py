@@ -97,10 +97,9 @@ class DefaultKernels:
                                      "relu" if layer.relu else None, target=layer.target)  # fmt: skip
             arrays = tuple(kernel.arrays)
         else:
-            generate = x86.generate if pooled else sparse_conv2d
-            kernel = generate(layer.packed, layer.data_shape, layer.strides, layer.padding,
-                              bias=layer.bias is not None, relu=layer.relu, target=layer.target, config=self.config,
-                              **({"pool": True} if pooled else {}))  # fmt: skip
+            args = (layer.packed, layer.data_shape, layer.strides, layer.padding)
+            kw = {"bias": layer.bias is not None, "relu": layer.relu, "target": layer.target, "config": self.config}
+            kernel = x86.generate(*args, **kw, pool=True) if pooled else sparse_conv2d(*args, **kw)
             arrays = (*kernel.arrays, *(() if layer.bias is None else (layer.bias,)))
         expected = pooled_shape(layer.out_shape) if pooled else tuple(layer.out_shape)
         if tuple(kernel.out_shape) != tuple(expected):
