@@ -178,6 +178,7 @@ def test_bench_cli_writes_every_runtime(tmp_path, monkeypatch):
         assert row["status"] in ("measured", "missing", "n/a"), (name, row.get("reason"))
         if row["status"] == "measured":
             assert len(row["times_ms"]) == 2 and row["median_ms"] > 0 and row["speedup_vs_reference"] > 0
+            assert len(row["round_medians_ms"]) == 2  # 2 runs: two alternating rounds of one
             assert row["max_rel_err"] is not None
         elif row["status"] == "missing":
             assert row["reason"] == peers.MISSING

@@ -5,6 +5,11 @@ library, numpy and the runtime it runs (onnxruntime, openvino or deepsparse), ne
 ``runtime`` (``onnxruntime``, ``openvino``, ``openvino-default``, ``deepsparse``), ``onnx``, ``input`` (a .npy),
 ``threads``, ``warmup``, ``repeats``, ``output`` (where the result .npy goes) and ``result`` (the JSON written:
 ``times_ms``, ``median_ms``, ``version``, ``info``).
+
+With ``"interleaved": true`` in SPEC.json the worker does not time on its own: after setting up and warming up it
+says ``@@ready`` on stdout and then serves its parent, ``run N`` (one untimed run, then N timed ones, answered
+``@@times [ms, ...]``) until ``done``. The parent (``interleave``) alternates the runtimes round by round, so a
+slow moment of the machine falls on all of them instead of on whichever happened to be running.
 """
 
 from __future__ import annotations
@@ -73,6 +78,45 @@ def time_runs(run, warmup: int, repeats: int) -> tuple[object, list[float]]:
     return y, times
 
 
+READY = "@@ready"
+TIMES = "@@times "
+
+
+def serve(run, warmup: int, info: dict | None = None, commands=None, reply=None) -> tuple[object, list[float]]:
+    """Warm up, say ``@@ready`` (with ``info`` as JSON), then time ``run`` in the batches the parent asks for
+    (``run N``) until ``done`` or the end of stdin: (the last output, every time in ms, in order).
+    ``commands`` / ``reply``: stdin's lines / printing to stdout (tests pass their own)."""
+    commands = sys.stdin if commands is None else commands
+    reply = reply or (lambda line: print(line, flush=True))
+    y = None
+    for _ in range(warmup):
+        y = run()
+    reply(f"{READY} {json.dumps(info or {})}")
+    times: list[float] = []
+    for line in commands:
+        words = line.split()
+        if words == ["done"]:
+            break
+        if len(words) != 2 or words[0] != "run" or not words[1].isdigit():
+            raise SystemExit(f"bad command {line!r}: expected 'run N' or 'done'")
+        y = run()  # untimed: wakes the threads and warms the caches the other runtimes' turns took
+        batch = []
+        for _ in range(int(words[1])):
+            t0 = time.perf_counter()
+            y = run()
+            batch.append((time.perf_counter() - t0) * 1e3)
+        times += batch
+        reply(TIMES + json.dumps(batch))
+    return y, times
+
+
+def measure(run, spec: dict, info: dict | None = None) -> tuple[object, list[float]]:
+    """``serve`` the parent when the spec says ``interleaved``, else ``time_runs`` on our own."""
+    if spec.get("interleaved"):
+        return serve(run, spec["warmup"], info)
+    return time_runs(run, spec["warmup"], spec["repeats"])
+
+
 def main(spec_path: str) -> None:
     with open(spec_path) as f:
         spec = json.load(f)
@@ -90,7 +134,7 @@ def main(spec_path: str) -> None:
     else:
         sys.exit(f"unknown runtime {runtime!r}")
     setup_s = time.perf_counter() - t0
-    y, times = time_runs(run, spec["warmup"], spec["repeats"])
+    y, times = measure(run, spec, info)
     np.save(spec["output"], np.asarray(y, dtype=np.float32))
     result = {"times_ms": times, "median_ms": float(np.median(times)), "version": version, "info": info,
               "setup_s": setup_s}  # fmt: skip

@@ -2,10 +2,11 @@
 
 The runtimes: ours (``compiler.compile_file`` to x86, then the Relax VM), PyTorch (built-in models only),
 ONNX Runtime, OpenVINO (f32; and its default precision as a separate "bf16" row on CPUs whose default is
-bf16), DeepSparse 1.8. They run one at a time, each in a fresh interpreter (the peers' from their own venvs
-under ``.peers/``, set up by ``make peers``) with its thread count set through its own API and the usual
-environment variables (``OMP_NUM_THREADS``, ``TVM_NUM_THREADS``, ...), on the same ONNX file and the same
-input; times are medians of ``repeats`` runs after ``warmup`` runs. A runtime that is not installed is
+bf16), DeepSparse 1.8. Each runs in a fresh interpreter (the peers' from their own venvs under ``.peers/``,
+set up by ``make peers``) with its thread count set through its own API and the usual environment variables
+(``OMP_NUM_THREADS``, ``TVM_NUM_THREADS``, ...), on the same ONNX file and the same input. They are set up one
+at a time, then timed in turns (``interleave``: ``ROUNDS`` rounds, a few runs each per round, one runtime
+running at a time); times are medians of ``repeats`` runs after ``warmup`` runs. A runtime that is not installed is
 reported as missing, never as a failure; one that crashes is reported with its error.
 
 Every output is compared with ONNX Runtime's (PyTorch's when ONNX Runtime is missing):
@@ -18,7 +19,6 @@ import importlib.util
 import json
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -27,13 +27,16 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import TvmPatternError
+from .interleave import Worker, WorkerError, batches, run_rounds
+from .peer_worker import READY
 
 __all__ = ["RUNTIMES", "cpu_info", "peers_dir", "run_model_bench"]
 
 WORKER = Path(__file__).with_name("peer_worker.py")
 MISSING = "not installed: run `make peers`"
 TOLERANCE = 1e-4  # ours vs the reference, relative to the reference's peak
-PAUSE_S = 1.0
+PAUSE_S = 1.0  # between two runtimes' turns: the last one's threads stop spinning
+ROUNDS = 5  # timed rounds (``interleave``): each runtime runs repeats / ROUNDS times per round, in turn
 TIMEOUT_S = 3600
 
 # name -> (label, venv under .peers/ or None for the project's own interpreter, module it needs)
@@ -89,18 +92,66 @@ def _env(threads: int) -> dict[str, str]:
     return env
 
 
-def _spawn(command: list[str], env: dict, log: Path, timeout: float) -> str | None:
-    """Run a worker; None on success, else the error (the log's last lines)."""
-    with open(log, "w") as out:
-        try:
-            proc = subprocess.run(command, env=env, stdout=out, stderr=subprocess.STDOUT, timeout=timeout,
-                                  check=False)  # fmt: skip
-        except subprocess.TimeoutExpired:
-            return f"timed out after {timeout:.0f} s"
-    if proc.returncode == 0:
+def _start(name: str, row: dict, prep: dict, results: dict, cpu: dict, work: Path, env: dict, threads: int,
+           warmup: int, repeats: int, database, timeout: float, echo) -> Worker | None:  # fmt: skip
+    """Start ``name``'s process and wait until it is set up and warmed up (``@@ready``); None when the runtime
+    does not apply here, is not installed or failed to start (``row`` says which)."""
+    label = row["label"]
+    if name == "pytorch" and not prep["builtin"]:
+        row.update(status="n/a", reason="built-in models only")
         return None
-    tail = [ln for ln in log.read_text(errors="replace").splitlines() if ln.strip()][-3:]
-    return f"exit {proc.returncode}: " + " | ".join(tail)[-400:]
+    if name == "openvino-default":
+        default = _openvino_default(results.get("openvino"), cpu)
+        if default != "bf16":
+            row.update(status="n/a", reason=f"OpenVINO's default precision on this CPU is {default}, the f32 row is it")
+            return None
+    python = interpreter(name)
+    if python is None:
+        row.update(status="missing", reason=MISSING)
+        echo(f"{label}: {MISSING}")
+        return None
+    spec = {"runtime": name, "onnx": str(prep["onnx"]), "input": str(work / "input.npy"), "threads": threads,
+            "warmup": warmup, "repeats": repeats, "output": str(work / f"out-{name}.npy"),
+            "result": str(work / f"result-{name}.json"), "lib": str(work / "ours.so"), "interleaved": True,
+            "model": prep.get("model"), "kwargs": prep.get("kwargs"), "weights": str(prep.get("weights")),
+            "db": None if database is None else str(Path(database).resolve())}  # fmt: skip
+    spec_path = work / f"spec-{name}.json"
+    spec_path.write_text(json.dumps(spec))
+    if name in ("ours", "pytorch"):
+        command = [python, "-m", "tvm_pattern.bench.worker", str(spec_path)]
+    else:
+        command = [python, str(WORKER), str(spec_path)]
+    echo(f"{label}: setting up ({'compile + ' if name == 'ours' else ''}{warmup} warm-up) ...")
+    run_env = env if RUNTIMES[name][1] is None else {k: v for k, v in env.items() if k != "PYTHONPATH"}
+    t0 = time.perf_counter()
+    worker = Worker(command, run_env, work / f"log-{name}.txt")
+    try:
+        ready = worker.expect(READY, timeout)
+    except WorkerError as err:
+        worker.close()
+        row.update(status="failed", reason=str(err), wall_s=time.perf_counter() - t0)
+        echo(f"{label}: failed: {err}")
+        return None
+    row.update(python=python, setup_wall_s=time.perf_counter() - t0, info=json.loads(ready or "{}"))
+    return worker
+
+
+def _collect(name: str, worker: Worker, row: dict, rounds: list[list[float]], error: str | None, work: Path,
+             outputs: dict, timeout: float, echo) -> None:  # fmt: skip
+    """Ask a timed worker for its results (``done``) and fill its row: its runs, their median, each round's
+    median, its output for the comparison; or the failure."""
+    if error is None:
+        try:
+            worker.finish(timeout)
+        except WorkerError as err:
+            error = str(err)
+            echo(f"{row['label']}: failed: {err}")
+    if error is not None:
+        row.update(status="failed", reason=error)
+        return
+    result = json.loads((work / f"result-{name}.json").read_text())
+    row.update(status="measured", **result, round_medians_ms=[float(np.median(r)) for r in rounds])
+    outputs[name] = np.load(work / f"out-{name}.npy")
 
 
 # ---------------------------------------------------------------------------------------------- the bench
@@ -218,54 +269,33 @@ def run_model_bench(
         raise TvmPatternError(f"unknown runtime(s) {unknown}; choose from {list(RUNTIMES)}")
     work = Path(tempfile.mkdtemp(prefix="tvm-pattern-bench-model-"))
     try:
-        prep = _prepare(model, compression, work, size, scale, seed, save_pruned, prune_only)
+        prep = {**_prepare(model, compression, work, size, scale, seed, save_pruned, prune_only), "model": model}
         shape = prep["input_shape"]
         x = np.random.default_rng(seed + 1).standard_normal(shape).astype(np.float32)
         np.save(work / "input.npy", x)
         env = _env(threads)
         results: dict[str, dict] = {}
         outputs: dict[str, np.ndarray] = {}
-        for name in chosen:
-            label = RUNTIMES[name][0]
-            row = {"runtime": name, "label": label}
-            results[name] = row
-            if name == "pytorch" and not prep["builtin"]:
-                row.update(status="n/a", reason="built-in models only")
-                continue
-            if name == "openvino-default":
-                default = _openvino_default(results.get("openvino"), cpu)
-                if default != "bf16":
-                    row.update(status="n/a", reason=f"OpenVINO's default precision on this CPU is {default}, "
-                                                    "the f32 row is it")  # fmt: skip
-                    continue
-            python = interpreter(name)
-            if python is None:
-                row.update(status="missing", reason=MISSING)
-                echo(f"{label}: {MISSING}")
-                continue
-            spec = {"runtime": name, "onnx": str(prep["onnx"]), "input": str(work / "input.npy"), "threads": threads,
-                    "warmup": warmup, "repeats": repeats, "output": str(work / f"out-{name}.npy"),
-                    "result": str(work / f"result-{name}.json"), "lib": str(work / "ours.so"),
-                    "model": model, "kwargs": prep.get("kwargs"), "weights": str(prep.get("weights")),
-                    "db": None if database is None else str(Path(database).resolve())}  # fmt: skip
-            spec_path = work / f"spec-{name}.json"
-            spec_path.write_text(json.dumps(spec))
-            if name in ("ours", "pytorch"):
-                command = [python, "-m", "tvm_pattern.bench.worker", str(spec_path)]
-            else:
-                command = [python, str(WORKER), str(spec_path)]
-            echo(f"{label}: running ({'compile + ' if name == 'ours' else ''}{warmup} warm-up, {repeats} timed) ...")
-            run_env = env if RUNTIMES[name][1] is None else {k: v for k, v in env.items() if k != "PYTHONPATH"}
-            t0 = time.perf_counter()
-            error = _spawn(command, run_env, work / f"log-{name}.txt", timeout)
-            wall = time.perf_counter() - t0
-            if error is not None:
-                row.update(status="failed", reason=error, wall_s=wall)
-                echo(f"{label}: failed: {error}")
-                continue
-            row.update(status="measured", wall_s=wall, python=python, **json.loads(Path(spec["result"]).read_text()))
-            outputs[name] = np.load(spec["output"])
-            time.sleep(PAUSE_S)  # let the last runtime's threads go quiet
+        workers: dict[str, Worker] = {}
+        try:
+            for name in chosen:
+                row = {"runtime": name, "label": RUNTIMES[name][0]}
+                results[name] = row
+                worker = _start(name, row, prep, results, cpu, work, env, threads, warmup, repeats, database,
+                                timeout, echo)  # fmt: skip
+                if worker is not None:
+                    workers[name] = worker
+                    time.sleep(PAUSE_S)  # let its warm-up threads go quiet
+            if workers:
+                plan = batches(repeats, ROUNDS)
+                echo(f"timing {', '.join(RUNTIMES[n][0] for n in workers)}: {repeats} runs each, in {len(plan)} "
+                     "alternating rounds ...")  # fmt: skip
+            timed, failed = run_rounds(workers, repeats, ROUNDS, PAUSE_S, timeout, echo)
+            for name, worker in workers.items():
+                _collect(name, worker, results[name], timed[name], failed.get(name), work, outputs, timeout, echo)
+        finally:
+            for worker in workers.values():
+                worker.close()
         reference = next((r for r in ("onnxruntime", "pytorch", "ours") if r in outputs), None)
         for name, row in results.items():
             if name in outputs and reference is not None:
