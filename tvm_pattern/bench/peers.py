@@ -92,12 +92,13 @@ def _env(threads: int) -> dict[str, str]:
     return env
 
 
-def _start(name: str, row: dict, prep: dict, results: dict, cpu: dict, work: Path, env: dict, threads: int,
-           warmup: int, repeats: int, database, timeout: float, echo) -> Worker | None:  # fmt: skip
-    """Start ``name``'s process and wait until it is set up and warmed up (``@@ready``); None when the runtime
-    does not apply here, is not installed or failed to start (``row`` says which)."""
+def _start(name: str, row: dict, base: dict, builtin: bool, results: dict, cpu: dict, work: Path, env: dict,
+           timeout: float, echo) -> Worker | None:  # fmt: skip
+    """Start ``name``'s process on the spec ``base`` (what every runtime shares) and wait until it is set up and
+    warmed up (``@@ready``); None when the runtime does not apply here, is not installed or failed to start
+    (``row`` says which)."""
     label = row["label"]
-    if name == "pytorch" and not prep["builtin"]:
+    if name == "pytorch" and not builtin:
         row.update(status="n/a", reason="built-in models only")
         return None
     if name == "openvino-default":
@@ -110,18 +111,15 @@ def _start(name: str, row: dict, prep: dict, results: dict, cpu: dict, work: Pat
         row.update(status="missing", reason=MISSING)
         echo(f"{label}: {MISSING}")
         return None
-    spec = {"runtime": name, "onnx": str(prep["onnx"]), "input": str(work / "input.npy"), "threads": threads,
-            "warmup": warmup, "repeats": repeats, "output": str(work / f"out-{name}.npy"),
-            "result": str(work / f"result-{name}.json"), "lib": str(work / "ours.so"), "interleaved": True,
-            "model": prep.get("model"), "kwargs": prep.get("kwargs"), "weights": str(prep.get("weights")),
-            "db": None if database is None else str(Path(database).resolve())}  # fmt: skip
+    spec = {**base, "runtime": name, "output": str(work / f"out-{name}.npy"),
+            "result": str(work / f"result-{name}.json")}  # fmt: skip
     spec_path = work / f"spec-{name}.json"
     spec_path.write_text(json.dumps(spec))
     if name in ("ours", "pytorch"):
         command = [python, "-m", "tvm_pattern.bench.worker", str(spec_path)]
     else:
         command = [python, str(WORKER), str(spec_path)]
-    echo(f"{label}: setting up ({'compile + ' if name == 'ours' else ''}{warmup} warm-up) ...")
+    echo(f"{label}: setting up ({'compile + ' if name == 'ours' else ''}{base['warmup']} warm-up) ...")
     run_env = env if RUNTIMES[name][1] is None else {k: v for k, v in env.items() if k != "PYTHONPATH"}
     t0 = time.perf_counter()
     worker = Worker(command, run_env, work / f"log-{name}.txt")
@@ -269,10 +267,14 @@ def run_model_bench(
         raise TvmPatternError(f"unknown runtime(s) {unknown}; choose from {list(RUNTIMES)}")
     work = Path(tempfile.mkdtemp(prefix="tvm-pattern-bench-model-"))
     try:
-        prep = {**_prepare(model, compression, work, size, scale, seed, save_pruned, prune_only), "model": model}
+        prep = _prepare(model, compression, work, size, scale, seed, save_pruned, prune_only)
         shape = prep["input_shape"]
         x = np.random.default_rng(seed + 1).standard_normal(shape).astype(np.float32)
         np.save(work / "input.npy", x)
+        base = {"onnx": str(prep["onnx"]), "input": str(work / "input.npy"), "threads": threads, "warmup": warmup,
+                "repeats": repeats, "lib": str(work / "ours.so"), "interleaved": True, "model": model,
+                "kwargs": prep.get("kwargs"), "weights": str(prep.get("weights")),
+                "db": None if database is None else str(Path(database).resolve())}  # fmt: skip
         env = _env(threads)
         results: dict[str, dict] = {}
         outputs: dict[str, np.ndarray] = {}
@@ -281,8 +283,7 @@ def run_model_bench(
             for name in chosen:
                 row = {"runtime": name, "label": RUNTIMES[name][0]}
                 results[name] = row
-                worker = _start(name, row, prep, results, cpu, work, env, threads, warmup, repeats, database,
-                                timeout, echo)  # fmt: skip
+                worker = _start(name, row, base, prep["builtin"], results, cpu, work, env, timeout, echo)
                 if worker is not None:
                     workers[name] = worker
                     time.sleep(PAUSE_S)  # let its warm-up threads go quiet
