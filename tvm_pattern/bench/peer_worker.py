@@ -3,11 +3,11 @@
 Executed by path inside the peers' own virtual environments (``make peers``), so it imports only the standard
 library, numpy and the runtime it runs (onnxruntime, openvino or deepsparse), never tvm_pattern. SPEC.json:
 ``runtime`` (``onnxruntime``, ``openvino``, ``openvino-default``, ``deepsparse``), ``onnx``, ``input`` (a .npy),
-``threads``, ``warmup``, ``repeats``, ``output`` (where the result .npy goes) and ``result`` (the JSON written:
+``threads``, ``warmup``, ``output`` (where the result .npy goes) and ``result`` (the JSON written:
 ``times_ms``, ``median_ms``, ``version``, ``info``).
 
-With ``"interleaved": true`` in SPEC.json the worker does not time on its own: after setting up and warming up it
-says ``@@ready`` on stdout and then serves its parent, ``run N`` (one untimed run, then N timed ones, answered
+The worker does not decide how often to time: after setting up and warming up it says ``@@ready`` on stdout and
+then serves its parent, ``run N`` (one untimed run, then N timed ones, answered
 ``@@times [ms, ...]``) until ``done``. The parent (``interleave``) alternates the runtimes round by round, so a
 slow moment of the machine falls on all of them instead of on whichever happened to be running.
 """
@@ -66,18 +66,6 @@ def _deepsparse(spec: dict, x: np.ndarray):
     return (lambda: engine([x])[0]), deepsparse.__version__, info
 
 
-def time_runs(run, warmup: int, repeats: int) -> tuple[object, list[float]]:
-    """``run()`` ``warmup`` times untimed, then ``repeats`` times timed: (the last output, the times in ms)."""
-    for _ in range(warmup):
-        y = run()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        y = run()
-        times.append((time.perf_counter() - t0) * 1e3)
-    return y, times
-
-
 READY = "@@ready"
 TIMES = "@@times "
 
@@ -110,13 +98,6 @@ def serve(run, warmup: int, info: dict | None = None, commands=None, reply=None)
     return y, times
 
 
-def measure(run, spec: dict, info: dict | None = None) -> tuple[object, list[float]]:
-    """``serve`` the parent when the spec says ``interleaved``, else ``time_runs`` on our own."""
-    if spec.get("interleaved"):
-        return serve(run, spec["warmup"], info)
-    return time_runs(run, spec["warmup"], spec["repeats"])
-
-
 def main(spec_path: str) -> None:
     with open(spec_path) as f:
         spec = json.load(f)
@@ -134,7 +115,7 @@ def main(spec_path: str) -> None:
     else:
         sys.exit(f"unknown runtime {runtime!r}")
     setup_s = time.perf_counter() - t0
-    y, times = measure(run, spec, info)
+    y, times = serve(run, spec["warmup"], info)
     np.save(spec["output"], np.asarray(y, dtype=np.float32))
     result = {"times_ms": times, "median_ms": float(np.median(times)), "version": version, "info": info,
               "setup_s": setup_s}  # fmt: skip

@@ -272,7 +272,7 @@ def run_model_bench(
         x = np.random.default_rng(seed + 1).standard_normal(shape).astype(np.float32)
         np.save(work / "input.npy", x)
         base = {"onnx": str(prep["onnx"]), "input": str(work / "input.npy"), "threads": threads, "warmup": warmup,
-                "repeats": repeats, "lib": str(work / "ours.so"), "interleaved": True, "model": model,
+                "lib": str(work / "ours.so"), "model": model,
                 "kwargs": prep.get("kwargs"), "weights": str(prep.get("weights")),
                 "db": None if database is None else str(Path(database).resolve())}  # fmt: skip
         env = _env(threads)

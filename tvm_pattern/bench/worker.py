@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .peer_worker import measure
+from .peer_worker import serve
 
 
 def _ours_worker(spec: dict) -> dict:
@@ -40,7 +40,7 @@ def _ours_worker(spec: dict) -> dict:
     compile_s, compile_cpu_s = time.perf_counter() - t0, time.process_time() - c0
     model = compiler.load(lib)
     x = tvm.runtime.tensor(np.load(spec["input"]), model.device)
-    y, times = measure(lambda: model.vm["main"](x), spec)
+    y, times = serve(lambda: model.vm["main"](x), spec["warmup"])
     np.save(spec["output"], _first(y).numpy())
     rows = breakdown(model.vm, [x], runs=spec.get("profile_runs", 3))
     return {
@@ -94,7 +94,7 @@ def _torch_worker(spec: dict) -> dict:
     model.eval()
     x = torch.from_numpy(np.load(spec["input"]))
     with torch.no_grad():
-        y, times = measure(lambda: model(x), spec)
+        y, times = serve(lambda: model(x), spec["warmup"])
     np.save(spec["output"], y.numpy())
     return {"times_ms": times, "median_ms": float(np.median(times)), "version": torch.__version__,
             "info": {"threads": torch.get_num_threads()}}  # fmt: skip
