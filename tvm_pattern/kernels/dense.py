@@ -17,10 +17,10 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 import numpy as np
-import tvm
 
 from ..errors import TvmPatternError
 from .dense_common import DenseKernel, bias_array, check_activation, epilogue, i64
+from .parse_cache import parse_source
 
 __all__ = ["DenseKnobs", "dense", "pack_weights"]
 
@@ -106,7 +106,7 @@ def dense(
     batch = int(batch)
     bounds = check_activation(activation)
     kn = replace(knobs, mo=max(1, min(knobs.mo, o)))
-    func = tvm.script.from_source(_source(o, i, batch, kn, bias is not None, bounds))
+    func = parse_source(_source(o, i, batch, kn, bias is not None, bounds))
     arrays = [pack_weights(weight, kn.mo, kn.lanes)]
     if bias is not None:
         b = bias_array(bias, o)

@@ -28,10 +28,10 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 import numpy as np
-import tvm
 
 from ..errors import TvmPatternError
 from .dense_common import DenseKernel, bias_array, check_activation, epilogue, i64, padding4, pair
+from .parse_cache import parse_source
 
 __all__ = ["ConvGeometry", "ConvKnobs", "blocks", "dense_conv2d", "fit_knobs", "geometry", "pack_weights"]
 
@@ -306,7 +306,7 @@ def dense_conv2d(
     g = geometry(weight.shape, data_shape, strides, padding)
     bounds = check_activation(activation)
     kn = fit_knobs(knobs, g)
-    func = tvm.script.from_source(_source(g, kn, bias is not None, residual, bounds))
+    func = parse_source(_source(g, kn, bias is not None, residual, bounds))
     arrays = [pack_weights(weight, g, kn.mr), g.offsets()]
     if bias is not None:
         b = bias_array(bias, g.oc)

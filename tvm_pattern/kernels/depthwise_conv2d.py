@@ -17,10 +17,10 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 import numpy as np
-import tvm
 
 from ..errors import TvmPatternError
 from .dense_common import DenseKernel, bias_array, check_activation, epilogue, i64, padding4, pair
+from .parse_cache import parse_source
 
 __all__ = ["DepthwiseGeometry", "DepthwiseKnobs", "depthwise_conv2d", "geometry"]
 
@@ -174,7 +174,7 @@ def depthwise_conv2d(
     while lanes > 1 and lanes > g.ow:
         lanes //= 2
     kn = replace(kn, lanes=lanes, nv=max(1, min(kn.nv, g.ow // lanes)), rows=max(1, min(kn.rows, g.oh)))
-    func = tvm.script.from_source(_source(g, kn, bias is not None, residual, bounds))
+    func = parse_source(_source(g, kn, bias is not None, residual, bounds))
     arrays = [np.ascontiguousarray(weight.reshape(-1))]
     if bias is not None:
         b = bias_array(bias, g.c)

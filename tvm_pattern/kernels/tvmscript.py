@@ -3,7 +3,7 @@
 Why generate text: pattern-sparse kernels bake each pattern's tap offsets into the code as literals, and
 TVMScript is the most readable form of the loop nests they need. Generators never count indents: a
 ``with script.block(header):`` indents what is emitted inside it, and ``parse`` turns the text into a
-PrimFunc (``tvm.script.from_source``).
+PrimFunc (``tvm.script.from_source``, through ``parse_cache``).
 """
 
 from __future__ import annotations
@@ -12,6 +12,8 @@ import contextlib
 from collections.abc import Iterable, Iterator, Sequence
 
 import tvm
+
+from .parse_cache import parse_source
 
 __all__ = ["Script", "buffer_param", "i64_shape"]
 
@@ -78,7 +80,7 @@ class Script:
         return "\n".join(self._lines) + "\n"
 
     def parse(self) -> tvm.tirx.PrimFunc:
-        return tvm.script.from_source(self.text())
+        return parse_source(self.text())
 
 
 def _block_vars(loops: str) -> str:

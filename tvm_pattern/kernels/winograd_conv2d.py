@@ -26,10 +26,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-import tvm
 
 from ..errors import TvmPatternError
 from .dense_common import DenseKernel, bias_array, check_activation, epilogue, i64, padding4
+from .parse_cache import parse_source
 
 __all__ = ["WinogradGeometry", "WinogradKnobs", "default_knobs", "geometry", "transform_weights", "winograd_conv2d"]
 
@@ -349,7 +349,7 @@ def winograd_conv2d(weight: np.ndarray, data_shape, padding=(1, 1, 1, 1), bias: 
     knobs = knobs or default_knobs(weight.shape, data_shape, padding, registers)
     g = geometry(weight.shape, data_shape, padding, knobs)
     bounds = check_activation(activation)
-    func = tvm.script.from_source(_source(g, knobs, bias is not None, residual, bounds))
+    func = parse_source(_source(g, knobs, bias is not None, residual, bounds))
     arrays = [transform_weights(weight, g, knobs.mr)]
     if bias is not None:
         b = bias_array(bias, g.o)

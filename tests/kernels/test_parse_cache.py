@@ -1,0 +1,111 @@
+"""The kernel parse cache: a cached PrimFunc is exactly what parsing its text gives, and a bad cache never breaks
+a compile."""
+
+import os
+
+import numpy as np
+import pytest
+import tvm
+import tvm_ffi
+
+from tvm_pattern.kernels import parse_cache
+from tvm_pattern.kernels.block_sparse import BlockLinearKnobs, block_sparse_linear
+from tvm_pattern.kernels.parse_cache import CACHE_ENV, SWITCH_ENV, cache_dir, clear_memory, parse_source, trim
+from tvm_pattern.sparsity.blocks import pack
+
+SOURCE = """
+@T.prim_func(s_tir=True)
+def scale(x: T.Buffer((T.int64(8),), 'float32'), y: T.Buffer((T.int64(8),), 'float32')):
+    for i in range({n}):
+        y[i] = x[i] * T.float32({k})
+"""
+
+
+@pytest.fixture
+def cache(tmp_path, monkeypatch):
+    monkeypatch.setenv(CACHE_ENV, str(tmp_path))
+    monkeypatch.delenv(SWITCH_ENV, raising=False)
+    clear_memory()
+    yield tmp_path / "kernels"
+    clear_memory()
+
+
+def files(folder):
+    return sorted(folder.glob("*.json.gz")) if folder.exists() else []
+
+
+def test_a_second_parse_loads_the_same_primfunc_from_disk(cache, monkeypatch):
+    text = SOURCE.format(n=8, k=2)
+    first = parse_source(text)
+    assert len(files(cache)) == 1
+    clear_memory()
+    calls = []
+    real = tvm.script.from_source
+    monkeypatch.setattr(tvm.script, "from_source", lambda t: calls.append(t) or real(t))
+    again = parse_source(text)
+    assert calls == []  # loaded, not parsed
+    tvm.ir.assert_structural_equal(again, first)
+    tvm.ir.assert_structural_equal(again, real(text))
+
+
+def test_different_texts_never_share_an_entry(cache):
+    a, b = parse_source(SOURCE.format(n=8, k=2)), parse_source(SOURCE.format(n=8, k=3))
+    assert len(files(cache)) == 2
+    assert not tvm_ffi.structural_equal(a, b)
+
+
+def test_a_corrupt_entry_is_parsed_again_and_rewritten(cache):
+    text = SOURCE.format(n=4, k=5)
+    parse_source(text)
+    (entry,) = files(cache)
+    entry.write_bytes(b"not gzip")
+    clear_memory()
+    tvm.ir.assert_structural_equal(parse_source(text), tvm.script.from_source(text))
+    clear_memory()
+    assert parse_cache._load(entry) is not None  # rewritten whole
+
+
+def test_switched_off_writes_nothing(cache, monkeypatch):
+    monkeypatch.setenv(SWITCH_ENV, "0")
+    assert cache_dir() is None
+    parse_source(SOURCE.format(n=8, k=7))
+    assert files(cache) == []
+
+
+def test_an_unwritable_cache_does_not_stop_the_compile(tmp_path, monkeypatch):
+    blocker = tmp_path / "file"
+    blocker.write_text("a file where the cache folder would go")
+    monkeypatch.setenv(CACHE_ENV, str(blocker))
+    clear_memory()
+    func = parse_source(SOURCE.format(n=8, k=9))
+    tvm.ir.assert_structural_equal(func, tvm.script.from_source(SOURCE.format(n=8, k=9)))
+    assert not list(tmp_path.glob("**/*.tmp"))
+
+
+def test_a_generated_kernel_computes_the_same_from_a_warm_cache(cache):
+    rng = np.random.default_rng(0)
+    w = rng.standard_normal((16, 24)).astype(np.float32) * (rng.random((16, 24)) < 0.3)
+    x = rng.standard_normal((1, 24)).astype(np.float32)
+    outs = []
+    for _ in range(2):  # cold, then warm (from disk)
+        clear_memory()
+        k = block_sparse_linear(pack(w, 4), BlockLinearKnobs(unroll=2, threads=1))
+        f = tvm.compile(tvm.IRModule({"main": k.func}), target="llvm")
+        out = tvm.runtime.tensor(np.zeros(k.out_shape, np.float32))
+        f(tvm.runtime.tensor(x), *[tvm.runtime.tensor(a) for a in k.arrays], out)
+        outs.append(out.numpy())
+    assert len(files(cache)) == 1
+    np.testing.assert_allclose(outs[0], x @ w.T, rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(outs[1], outs[0])
+
+
+def test_trim_keeps_the_most_recently_used(cache):
+    texts = [SOURCE.format(n=8, k=k) for k in range(4)]
+    for t in texts:
+        parse_source(t)
+    entries = files(cache)
+    for age, path in enumerate(sorted(entries, key=lambda p: p.name)):  # distinct times, oldest first
+        os.utime(path, (1_000_000 + age, 1_000_000 + age))
+    newest = max(entries, key=lambda p: p.stat().st_mtime)
+    trim(cache, max_bytes=newest.stat().st_size)  # room for one entry
+    assert files(cache) == [newest]
