@@ -157,6 +157,22 @@ def test_missing_peers_are_reported_not_failed(tmp_path, monkeypatch, capsys):
     assert "--threads 0: must be at least 1" in capsys.readouterr().err
 
 
+def test_the_table_shows_the_speedup_in_each_round():
+    ref = {"runtime": "onnxruntime", "label": "ONNX Runtime", "status": "measured", "median_ms": 4.0,
+           "round_medians_ms": [4.0, 4.0, 6.0], "version": "1"}  # fmt: skip
+    ours = {"runtime": "ours", "label": "tvm-pattern", "status": "measured", "median_ms": 2.0,
+            "round_medians_ms": [1.0, 2.0, 2.0], "compile_s": 1.0, "sparse_convs": 1, "convs": 1}  # fmt: skip
+    assert peers.round_speedups(ref, ours) == [4.0, 2.0, 3.0]
+    assert peers.round_speedups(ref, {"round_medians_ms": [1.0]}) == []  # rounds that do not pair up: none
+    for row in (ref, ours):
+        row["speedup_vs_reference"] = 4.0 / row["median_ms"]
+        row["round_speedups"] = peers.round_speedups(ref, row)
+    text = peers.table({"reference": "onnxruntime", "compression": 8.0, "model": "m.onnx", "input_shape": [1, 3, 8, 8],
+                        "threads": 2, "repeats": 3, "cpu": {"name": "cpu"}, "runtimes": [ref, ours]})  # fmt: skip
+    assert "per round" in text.splitlines()[1]
+    assert "2.00-4.00x" in text.splitlines()[4] and "1.00-1.00x" in text.splitlines()[3]
+
+
 _find_spec = importlib.util.find_spec
 
 
@@ -179,6 +195,7 @@ def test_bench_cli_writes_every_runtime(tmp_path, monkeypatch):
         if row["status"] == "measured":
             assert len(row["times_ms"]) == 2 and row["median_ms"] > 0 and row["speedup_vs_reference"] > 0
             assert len(row["round_medians_ms"]) == 2  # 2 runs: two alternating rounds of one
+            assert len(row["round_speedups"]) == 2 and min(row["round_speedups"]) > 0
             assert row["max_rel_err"] is not None
         elif row["status"] == "missing":
             assert row["reason"] == peers.MISSING

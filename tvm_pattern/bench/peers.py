@@ -30,7 +30,7 @@ from ..errors import TvmPatternError
 from .interleave import Worker, WorkerError, batches, run_rounds
 from .peer_worker import READY
 
-__all__ = ["RUNTIMES", "cpu_info", "peers_dir", "run_model_bench"]
+__all__ = ["RUNTIMES", "cpu_info", "peers_dir", "round_speedups", "run_model_bench", "table"]
 
 WORKER = Path(__file__).with_name("peer_worker.py")
 MISSING = "not installed: run `make peers`"
@@ -307,6 +307,7 @@ def run_model_bench(
                 else:
                     row["max_rel_err"] = float(np.abs(y - ref).max() / max(float(np.abs(ref).max()), 1e-30))
                 row["speedup_vs_reference"] = results[reference]["median_ms"] / row["median_ms"]
+                row["round_speedups"] = round_speedups(results[reference], row)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
@@ -369,18 +370,30 @@ def sparse_note(r: dict) -> str:
     return f"{sum(kinds.values())}/{r['layers']} layers sparse" + (f" ({detail})" if detail else "")
 
 
+def round_speedups(reference: dict, row: dict) -> list[float]:
+    """The speed-up over the reference in each round (its round median / this runtime's, the same round): how far
+    the host's slow and fast phases move the ratio."""
+    ref, mine = reference.get("round_medians_ms") or [], row.get("round_medians_ms") or []
+    return [a / b for a, b in zip(ref, mine, strict=False) if b > 0] if len(ref) == len(mine) else []
+
+
+def _spread(speedups: list[float]) -> str:
+    return f"{min(speedups):.2f}-{max(speedups):.2f}x" if speedups else "-"
+
+
 def table(result: dict) -> str:
-    """One row per runtime: median ms, speed-up over the reference, max relative error vs the reference."""
+    """One row per runtime: median ms, speed-up over the reference (overall, and its range over the rounds),
+    max relative error vs the reference."""
     ref = result["reference"]
     ref_label = RUNTIMES[ref][0] if ref else "-"
     comp = "dense" if result["compression"] is None else f"{result['compression']:g}x"
     title = (f"{Path(result['model']).name}, {comp}, input {result['input_shape']} fp32, {result['threads']} threads, "
              f"median of {result['repeats']} ({result['cpu']['name']})")  # fmt: skip
-    head = f"{'runtime':<30}{'ms':>10}{'vs ' + ref_label:>18}{'max rel err':>14}  notes"
+    head = f"{'runtime':<30}{'ms':>10}{'vs ' + ref_label:>18}{'per round':>14}{'max rel err':>14}  notes"
     lines = [title, head, "-" * (len(head) + 10)]
     for r in result["runtimes"]:
         if r["status"] != "measured":
-            lines.append(f"{r['label']:<30}{'-':>10}{'-':>18}{'-':>14}  {r['status']}: {r['reason']}")
+            lines.append(f"{r['label']:<30}{'-':>10}{'-':>18}{'-':>14}{'-':>14}  {r['status']}: {r['reason']}")
             continue
         err = "-" if r.get("max_rel_err") is None else f"{r['max_rel_err']:.1e}"
         note = f"compile {r['compile_s']:.1f} s, {sparse_note(r)}" if r["runtime"] == "ours" else r.get("version", "")
@@ -388,5 +401,7 @@ def table(result: dict) -> str:
             note = f"{note}, tuned: {r['tuned']['sparse']} sparse + {r['tuned']['dense']} dense kernels from --db"
         if r["runtime"] == ref:
             note = f"{note} (reference)"
-        lines.append(f"{r['label']:<30}{r['median_ms']:>10.2f}{r['speedup_vs_reference']:>17.2f}x{err:>14}  {note}")
+        spread = _spread(r.get("round_speedups") or [])
+        lines.append(f"{r['label']:<30}{r['median_ms']:>10.2f}{r['speedup_vs_reference']:>17.2f}x{spread:>14}{err:>14}"
+                     f"  {note}")
     return "\n".join(lines)
