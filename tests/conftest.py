@@ -1,4 +1,5 @@
-"""Shared fixtures: a small Fashion-MNIST subset written as IDX files, so CLI runs take seconds."""
+"""Shared fixtures: a small Fashion-MNIST subset written as IDX files, so CLI runs take seconds; a kernel parse
+cache of the session's own."""
 
 import gzip
 from pathlib import Path
@@ -7,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from tvm_pattern.kernels.parse_cache import KERNELS_ENV
 from tvm_pattern.prune import data
 
 torch.set_num_threads(2)
@@ -36,3 +38,12 @@ def write_subset(folder: Path, train: int, test: int) -> Path:
 @pytest.fixture(scope="session")
 def small_data(tmp_path_factory) -> Path:
     return write_subset(tmp_path_factory.mktemp("fashion-mnist"), train=2000, test=500)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def kernel_cache(tmp_path_factory):
+    """Generated kernels cached for this session only (subprocesses included): a run's time and results never
+    depend on what earlier runs left in ~/.cache."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv(KERNELS_ENV, str(tmp_path_factory.mktemp("kernels")))
+        yield

@@ -326,7 +326,8 @@ def run_model_bench(
         "cpu": cpu,
         "reference": reference,
         "metric": "median ms of `repeats` runs after `warmup`; speedup = reference ms / ms; "
-                  "max_rel_err = max|y - y_ref| / max|y_ref|",
+                  "max_rel_err = max|y - y_ref| / max|y_ref|; round_speedups = reference round median / round median, "
+                  "per round",
         "runtimes": list(results.values()),
         "ours_within_tolerance": _within(ours, reference),
         "tolerance": TOLERANCE,
@@ -374,7 +375,7 @@ def round_speedups(reference: dict, row: dict) -> list[float]:
     """The speed-up over the reference in each round (its round median / this runtime's, the same round): how far
     the host's slow and fast phases move the ratio."""
     ref, mine = reference.get("round_medians_ms") or [], row.get("round_medians_ms") or []
-    return [a / b for a, b in zip(ref, mine, strict=False) if b > 0] if len(ref) == len(mine) else []
+    return [a / b for a, b in zip(ref, mine, strict=True)] if len(ref) == len(mine) else []
 
 
 def _spread(speedups: list[float]) -> str:

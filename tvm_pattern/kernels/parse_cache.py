@@ -1,15 +1,15 @@
 """TVMScript text -> PrimFunc, cached: in this process, and on disk across processes.
 
 Why: the generators emit a fresh TVMScript text per layer (its patterns, group bounds and taps are literals),
-and TVM's parser spends about 4 ms per line on it: 83 s of MobileNet-V2's 110 s compile at 8x. A PrimFunc
-saved as a TVM FFI JSON graph (loaded without ``tvm.ir.load_json``'s pure-Python upgrade pass, which costs
-as much as the parse) loads in a small fraction of the parse time, and the text alone decides the PrimFunc (for
-one TVM build), so recompiling a model (``compile`` then ``bench``, the tuner's rebuilds, the tests) reuses
-every kernel it generated before.
+and TVM's parser spends about 4 ms per line on it: most of MobileNet-V2's two-minute compile at 8x. A PrimFunc
+saved as a TVM FFI JSON graph loads in a small fraction of the parse time (``tvm.ir.load_json`` would not:
+its Python-side upgrade pass re-encodes the whole graph and costs as much as the parse), and the text alone
+decides the PrimFunc for one TVM build, so recompiling a model (``compile`` then ``bench``, the tuner's
+rebuilds, the tests) reuses every kernel it generated before.
 
-Where: ``$TVM_PATTERN_CACHE/kernels`` (default ``~/.cache/tvm-pattern/kernels``), one gzip'd JSON per text,
-named by the SHA-256 of the TVM and TVM FFI versions and the text. ``TVM_PATTERN_KERNEL_CACHE=0`` turns the
-disk cache off.
+Where: ``$TVM_PATTERN_KERNEL_CACHE`` if set (``0`` / ``off``: no disk cache), else
+``$TVM_PATTERN_CACHE/kernels`` (default ``~/.cache/tvm-pattern/kernels``); one gzip'd JSON per text, named by
+the SHA-256 of the TVM build (version, commit), the TVM FFI version, this format's version and the text.
 A file that does not load is parsed again and rewritten; a cache that cannot be written is skipped (the
 compile never fails for it); files are written to a temporary name, then renamed. The folder is kept under
 ``MAX_BYTES``, least recently used entries deleted first.
@@ -18,10 +18,12 @@ compile never fails for it); files are written to a temporary name, then renamed
 from __future__ import annotations
 
 import contextlib
+import functools
 import gzip
 import hashlib
 import os
 import tempfile
+import time
 from collections import OrderedDict
 from pathlib import Path
 
@@ -29,24 +31,28 @@ import tvm
 import tvm_ffi
 from tvm_ffi.serialization import from_json_graph_str, to_json_graph_str
 
-__all__ = ["CACHE_ENV", "MAX_BYTES", "SWITCH_ENV", "cache_dir", "clear_memory", "parse_source", "trim"]
+__all__ = ["CACHE_ENV", "KERNELS_ENV", "MAX_BYTES", "clear_memory", "kernels_dir", "parse_source", "trim"]
 
 CACHE_ENV = "TVM_PATTERN_CACHE"  # the project's cache root (as tvm_pattern.prune.checkpoints)
-SWITCH_ENV = "TVM_PATTERN_KERNEL_CACHE"  # "0": no disk cache
+KERNELS_ENV = "TVM_PATTERN_KERNEL_CACHE"  # this cache's folder, or "0" / "off": no disk cache
+FORMAT = 1  # bumped when what a cached entry holds changes
 MEMORY_ENTRIES = 256  # PrimFuncs kept in this process (least recently used dropped first)
 MAX_BYTES = 512 << 20  # the disk cache is trimmed to this, least recently used files first (a tuner writes many)
 TRIM_EVERY = 64  # stores between two size checks
+STALE_TMP_S = 3600  # a temporary file this old was left by a killed process
 
 _memory: OrderedDict[str, tvm.tirx.PrimFunc] = OrderedDict()
 _stores = 0
 
 
-def cache_dir() -> Path | None:
-    """The disk cache's folder, or None when ``TVM_PATTERN_KERNEL_CACHE=0``."""
-    if os.environ.get(SWITCH_ENV, "1").strip().lower() in ("0", "off", "false", "no"):
+def kernels_dir() -> Path | None:
+    """The disk cache's folder, or None when ``TVM_PATTERN_KERNEL_CACHE`` is ``0`` / ``off``."""
+    folder = os.environ.get(KERNELS_ENV, "").strip()
+    if folder.lower() in ("0", "off", "false", "no"):
         return None
-    root = os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "tvm-pattern"
-    return Path(root) / "kernels"
+    if folder:
+        return Path(folder)
+    return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "tvm-pattern") / "kernels"
 
 
 def clear_memory() -> None:
@@ -54,26 +60,41 @@ def clear_memory() -> None:
     _memory.clear()
 
 
+@functools.cache
+def _build() -> str:
+    """What identifies the TVM that parses: source builds of different commits share a version string."""
+    commit = ""
+    with contextlib.suppress(Exception):
+        commit = tvm.support.libinfo().get("GIT_COMMIT_HASH") or ""
+    return f"tvm {tvm.__version__} {commit} tvm-ffi {tvm_ffi.__version__} format {FORMAT}"
+
+
 def _key(text: str) -> str:
-    return hashlib.sha256(f"{tvm.__version__} {tvm_ffi.__version__}\n{text}".encode()).hexdigest()
+    return hashlib.sha256(f"{_build()}\n{text}".encode()).hexdigest()
 
 
 def _load(path: Path) -> tvm.tirx.PrimFunc | None:
     try:
         func = from_json_graph_str(gzip.decompress(path.read_bytes()).decode())
-        os.utime(path)  # recently used: trimmed last
     except Exception:  # missing, truncated or from another build: parse again
         return None
+    with contextlib.suppress(OSError):  # recently used: trimmed last (a trim racing us costs nothing)
+        os.utime(path)
     return func if isinstance(func, tvm.tirx.PrimFunc) else None
 
 
 def trim(folder: Path, max_bytes: int = MAX_BYTES) -> None:
-    """Delete the least recently used entries until the folder holds at most ``max_bytes``."""
-    entries = []
-    for path in folder.glob("*.json.gz"):
+    """Delete the least recently used entries until the folder holds at most ``max_bytes``, and temporary files
+    that killed processes left behind."""
+    entries, now = [], time.time()
+    for path in folder.iterdir() if folder.is_dir() else ():
         with contextlib.suppress(OSError):  # another process may delete it first
             st = path.stat()
-            entries.append((st.st_mtime, st.st_size, path))
+            if path.name.endswith(".tmp"):
+                if now - st.st_mtime > STALE_TMP_S:
+                    path.unlink()
+            elif path.name.endswith(".json.gz"):
+                entries.append((st.st_mtime, st.st_size, path))
     total = sum(size for _, size, _ in entries)
     for _, size, path in sorted(entries, key=lambda e: e[0]):
         if total <= max_bytes:
@@ -84,21 +105,25 @@ def trim(folder: Path, max_bytes: int = MAX_BYTES) -> None:
 
 
 def _store(path: Path, func: tvm.tirx.PrimFunc) -> None:
+    global _stores
+    try:
+        data = gzip.compress(to_json_graph_str(func).encode(), compresslevel=1)
+    except Exception:  # an object the FFI cannot serialise: keep it in memory only
+        return
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
         try:
             with os.fdopen(fd, "wb") as f:
-                f.write(gzip.compress(to_json_graph_str(func).encode(), compresslevel=1))
+                f.write(data)
             os.replace(tmp, path)
         finally:
             if os.path.exists(tmp):
                 os.unlink(tmp)
     except OSError:  # read-only home, full disk: compile without the cache
         return
-    global _stores
     _stores += 1
-    if _stores % TRIM_EVERY == 1:
+    if (_stores - 1) % TRIM_EVERY == 0:
         trim(path.parent)
 
 
@@ -106,7 +131,7 @@ def parse_source(text: str) -> tvm.tirx.PrimFunc:
     """``tvm.script.from_source(text)``, from the cache when this text was parsed before."""
     key = _key(text)
     func = _memory.get(key)
-    folder = cache_dir()
+    folder = kernels_dir()
     if func is None and folder is not None:
         func = _load(folder / f"{key}.json.gz")
     if func is None:
