@@ -11,7 +11,7 @@ import tvm_ffi
 
 from tvm_pattern.kernels import parse_cache
 from tvm_pattern.kernels.block_sparse import BlockLinearKnobs, block_sparse_linear
-from tvm_pattern.kernels.parse_cache import CACHE_ENV, KERNELS_ENV, clear_memory, kernels_dir, parse_source, trim
+from tvm_pattern.kernels.parse_cache import CACHE_ENV, KERNELS_ENV, kernels_dir, parse_source, trim
 from tvm_pattern.sparsity.blocks import pack
 
 SOURCE = """
@@ -26,9 +26,7 @@ def scale(x: T.Buffer((T.int64(8),), 'float32'), y: T.Buffer((T.int64(8),), 'flo
 def cache(tmp_path, monkeypatch):
     monkeypatch.setenv(CACHE_ENV, str(tmp_path))
     monkeypatch.delenv(KERNELS_ENV, raising=False)
-    clear_memory()
-    yield tmp_path / "kernels"
-    clear_memory()
+    return tmp_path / "kernels"
 
 
 @pytest.fixture
@@ -58,11 +56,10 @@ def test_a_second_parse_loads_the_same_primfunc_from_disk(cache, parses):
     text = SOURCE.format(n=8, k=2)
     first = parse_source(text)
     assert len(files(cache)) == 1 and parses == [text]
-    clear_memory()
     again = parse_source(text)
     assert parses == [text]  # loaded, not parsed
     tvm.ir.assert_structural_equal(again, first)
-    assert parse_source(text).same_as(again)  # then from memory
+    assert not again.same_as(first) and not parse_source(text).same_as(again)  # every call gets its own object
 
 
 def test_different_texts_never_share_an_entry(cache):
@@ -76,7 +73,6 @@ def test_a_corrupt_entry_is_parsed_again_and_rewritten(cache, parses):
     parse_source(text)
     (entry,) = files(cache)
     entry.write_bytes(b"not gzip")
-    clear_memory()
     tvm.ir.assert_structural_equal(parse_source(text), tvm.script.from_source(text))
     assert parse_cache._load(entry) is not None  # rewritten whole
     assert len(parses) == 3  # first parse, the re-parse, the reference
@@ -92,7 +88,6 @@ def test_an_unwritable_cache_does_not_stop_the_compile(tmp_path, monkeypatch):
     blocker = tmp_path / "file"
     blocker.write_text("a file where the cache folder would go")
     monkeypatch.setenv(KERNELS_ENV, str(blocker / "kernels"))
-    clear_memory()
     text = SOURCE.format(n=8, k=9)
     tvm.ir.assert_structural_equal(parse_source(text), tvm.script.from_source(text))
 
@@ -105,18 +100,6 @@ def test_a_primfunc_that_cannot_be_saved_is_still_returned(cache, monkeypatch):
     text = SOURCE.format(n=8, k=11)
     tvm.ir.assert_structural_equal(parse_source(text), tvm.script.from_source(text))
     assert files(cache) == [] and not list(cache.parent.glob("**/*.tmp"))
-
-
-def test_memory_keeps_only_the_most_recent(cache, monkeypatch, parses):
-    monkeypatch.setattr(parse_cache, "MEMORY_ENTRIES", 2)
-    monkeypatch.setenv(KERNELS_ENV, "off")
-    texts = [SOURCE.format(n=8, k=k) for k in range(3)]
-    for t in texts:
-        parse_source(t)
-    assert len(parse_cache._memory) == 2
-    parse_source(texts[2])
-    parse_source(texts[0])  # dropped from memory, no disk: parsed again
-    assert parses == [*texts, texts[0]]
 
 
 def test_trim_keeps_the_most_recently_used_and_drops_stale_temporaries(cache):
@@ -142,7 +125,6 @@ def test_a_generated_kernel_computes_the_same_from_a_warm_cache(cache, parses):
     x = rng.standard_normal((1, 24)).astype(np.float32)
     outs = []
     for _ in range(2):  # cold, then warm (from disk)
-        clear_memory()
         k = block_sparse_linear(pack(w, 4), BlockLinearKnobs(unroll=2, threads=1))
         f = tvm.compile(tvm.IRModule({"main": k.func}), target="llvm")
         out = tvm.runtime.tensor(np.zeros(k.out_shape, np.float32))

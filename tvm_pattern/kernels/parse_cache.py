@@ -1,4 +1,4 @@
-"""TVMScript text -> PrimFunc, cached: in this process, and on disk across processes.
+"""TVMScript text -> PrimFunc, cached on disk across processes.
 
 Why: the generators emit a fresh TVMScript text per layer (its patterns, group bounds and taps are literals),
 and TVM's parser spends about 4 ms per line on it: most of MobileNet-V2's two-minute compile at 8x. A PrimFunc
@@ -13,6 +13,11 @@ the SHA-256 of the TVM build (version, commit), the TVM FFI version, this format
 A file that does not load is parsed again and rewritten; a cache that cannot be written is skipped (the
 compile never fails for it); files are written to a temporary name, then renamed. The folder is kept under
 ``MAX_BYTES``, least recently used entries deleted first.
+
+Every call returns a PrimFunc of its own (parsed, or loaded from its file), never one shared with an earlier
+call: a first version that also kept the objects in memory handed two identical layers one shared PrimFunc, and
+the tuner then lost one layer's record (tests/tune/test_tune.py); the cause inside TVM / MetaSchedule was not
+pinned down, so nothing is shared.
 """
 
 from __future__ import annotations
@@ -24,24 +29,21 @@ import hashlib
 import os
 import tempfile
 import time
-from collections import OrderedDict
 from pathlib import Path
 
 import tvm
 import tvm_ffi
 from tvm_ffi.serialization import from_json_graph_str, to_json_graph_str
 
-__all__ = ["CACHE_ENV", "KERNELS_ENV", "MAX_BYTES", "clear_memory", "kernels_dir", "parse_source", "trim"]
+__all__ = ["CACHE_ENV", "KERNELS_ENV", "MAX_BYTES", "kernels_dir", "parse_source", "trim"]
 
 CACHE_ENV = "TVM_PATTERN_CACHE"  # the project's cache root (as tvm_pattern.prune.checkpoints)
 KERNELS_ENV = "TVM_PATTERN_KERNEL_CACHE"  # this cache's folder, or "0" / "off": no disk cache
 FORMAT = 1  # bumped when what a cached entry holds changes
-MEMORY_ENTRIES = 256  # PrimFuncs kept in this process (least recently used dropped first)
 MAX_BYTES = 512 << 20  # the disk cache is trimmed to this, least recently used files first (a tuner writes many)
 TRIM_EVERY = 64  # stores between two size checks
 STALE_TMP_S = 3600  # a temporary file this old was left by a killed process
 
-_memory: OrderedDict[str, tvm.tirx.PrimFunc] = OrderedDict()
 _stores = 0
 
 
@@ -53,11 +55,6 @@ def kernels_dir() -> Path | None:
     if folder:
         return Path(folder)
     return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "tvm-pattern") / "kernels"
-
-
-def clear_memory() -> None:
-    """Forget the PrimFuncs cached in this process (the disk cache stays)."""
-    _memory.clear()
 
 
 @functools.cache
@@ -108,7 +105,7 @@ def _store(path: Path, func: tvm.tirx.PrimFunc) -> None:
     global _stores
     try:
         data = gzip.compress(to_json_graph_str(func).encode(), compresslevel=1)
-    except Exception:  # an object the FFI cannot serialise: keep it in memory only
+    except Exception:  # an object the FFI cannot serialise: no disk entry
         return
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -128,18 +125,12 @@ def _store(path: Path, func: tvm.tirx.PrimFunc) -> None:
 
 
 def parse_source(text: str) -> tvm.tirx.PrimFunc:
-    """``tvm.script.from_source(text)``, from the cache when this text was parsed before."""
-    key = _key(text)
-    func = _memory.get(key)
+    """``tvm.script.from_source(text)``, loaded from the disk cache when this text was parsed before."""
     folder = kernels_dir()
-    if func is None and folder is not None:
-        func = _load(folder / f"{key}.json.gz")
+    path = None if folder is None else folder / f"{_key(text)}.json.gz"
+    func = None if path is None else _load(path)
     if func is None:
         func = tvm.script.from_source(text)
-        if folder is not None:
-            _store(folder / f"{key}.json.gz", func)
-    _memory[key] = func
-    _memory.move_to_end(key)
-    while len(_memory) > MEMORY_ENTRIES:
-        _memory.popitem(last=False)
+        if path is not None:
+            _store(path, func)
     return func
