@@ -8,18 +8,28 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tvm_pattern.errors import TvmPatternError
-from tvm_pattern.kernels.winograd_conv2d import WinogradKnobs, default_knobs, geometry, winograd_conv2d
+from tvm_pattern.kernels.winograd_conv2d import (
+    WinogradKnobs,
+    block_csr,
+    default_knobs,
+    geometry,
+    sparse_knobs,
+    winograd_conv2d,
+)
 
 ACTS = st.sampled_from([None, "relu", "relu6", ("clip", -0.5, 0.5)])
 
 
-def check(oc, c, h, w, pad, bias, act, residual, knobs=None, seed=0, keep=1.0):
+def check(oc, c, h, w, pad, bias, act, residual, knobs=None, seed=0, keep=1.0, block=0, kernels=None):
+    """``block``: the connectivity-sparse kernel; ``kernels`` (O, C) bool: which 3x3 kernels the weight keeps."""
     rng = np.random.default_rng(seed)
     weight = rng.standard_normal((oc, c, 3, 3), dtype=np.float32) / np.float32(np.sqrt(c * 9))
     weight[rng.random(weight.shape) >= keep] = 0  # pattern zeros do not matter to Winograd; any zeros then
+    if kernels is not None:
+        weight *= kernels[:, :, None, None]
     x = rng.standard_normal((1, c, h, w), dtype=np.float32)
     b = rng.standard_normal(oc, dtype=np.float32) if bias else None
-    k = winograd_conv2d(weight, x.shape, pad, b, act, residual, knobs)
+    k = winograd_conv2d(weight, x.shape, pad, b, act, residual, knobs, block=block)
     top, left, bottom, right = pad
     xt = torch.nn.functional.pad(torch.tensor(x), (left, right, top, bottom))
     want = torch.nn.functional.conv2d(xt, torch.tensor(weight), None if b is None else torch.tensor(b))
@@ -65,6 +75,61 @@ def test_default_knobs_tall_block_only_with_32_registers_and_few_tiles():
         (256, 256, 3, 3), (1, 256, 56, 56), 1)
     assert default_knobs((512, 512, 3, 3), (1, 512, 14, 14), 1).mr == 6  # AVX2: 24 accumulators would spill
     assert default_knobs((256, 256, 3, 3), (1, 256, 14, 14), 1, registers=32).mr == 6  # measured slower
+
+
+def block_kernels(oc: int, c: int, group: int, keep: float, seed: int) -> np.ndarray:
+    """(O, C) bool: blocks of ``group`` filters keeping the same random channels (the last block shorter)."""
+    rng = np.random.default_rng(seed)
+    chosen = rng.random((-(-oc // group), c)) < keep
+    return np.repeat(chosen, group, axis=0)[:oc]
+
+
+@settings(max_examples=20, deadline=None)
+@given(oc=st.integers(1, 20), c=st.integers(1, 12), h=st.integers(1, 19), w=st.integers(1, 19),
+       pad=st.tuples(*[st.integers(0, 2)] * 4), bias=st.booleans(), act=ACTS, residual=st.booleans(),
+       mr=st.sampled_from([4, 6]), group=st.sampled_from([1, 2, 4, 6, 12]), keep=st.sampled_from([0.0, 0.3, 1.0]),
+       seed=st.integers(0, 3))
+def test_sparse_random_shapes_and_structures(oc, c, h, w, pad, bias, act, residual, mr, group, keep, seed):
+    """Blocks matching the kernel's ``mr`` or not (a block's channels are the union of its filters'), all kept,
+    none kept, partial last blocks, pattern zeros on top."""
+    if h + pad[0] + pad[2] < 3 or w + pad[1] + pad[3] < 3:
+        return
+    check(oc, c, h, w, pad, bias, act, residual, seed=seed, keep=4 / 9, block=mr,
+          kernels=block_kernels(oc, c, group, keep, seed))
+
+
+@settings(max_examples=8, deadline=None)
+@given(nv=st.integers(1, 3), lanes=st.sampled_from([4, 8]), filters_outer=st.booleans(),
+       blocks=st.sampled_from([0, 1, 2]), hw=st.integers(5, 40))
+def test_sparse_knobs(nv, lanes, filters_outer, blocks, hw):
+    knobs = WinogradKnobs(6, nv, lanes, filters_outer, blocks * nv * 8)
+    check(13, 16, hw, hw + 3, (1, 1, 1, 1), True, "relu", True, knobs, block=6,
+          kernels=block_kernels(13, 16, 6, 0.3, hw))
+
+
+def test_sparse_vgg_like_layer_at_8x():
+    check(96, 256, 14, 14, (1, 1, 1, 1), True, "relu", False, keep=4 / 9, block=6,
+          kernels=block_kernels(96, 256, 6, 1 / 3.6, 0))
+
+
+def test_block_csr_unions_and_fill():
+    kernels = np.zeros((7, 5), bool)
+    kernels[0, 1] = kernels[1, 3] = kernels[6, 4] = True  # block 0: filters 0-3, block 1: filters 4-6 (padded)
+    weight = np.zeros((7, 5, 3, 3), np.float32)
+    weight[kernels, 1, 1] = 1.0
+    csr = block_csr(weight, 4)
+    assert csr.offsets.tolist() == [0, 2, 3] and csr.channels.tolist() == [1, 3, 4]
+    assert csr.kernels == 3 and csr.fill == pytest.approx(3 / 12)
+    full = block_csr(np.ones((12, 5, 3, 3), np.float32), 6)
+    assert full.fill == 1.0 and full.entries == 10
+
+
+def test_sparse_knobs_take_the_block():
+    csr = block_csr(np.ones((64, 256, 3, 3), np.float32), 4)
+    knobs = sparse_knobs((64, 256, 3, 3), (1, 256, 14, 14), 1, csr)
+    assert (knobs.mr, knobs.nv, knobs.lanes) == (4, 2, 4)
+    with pytest.raises(TvmPatternError, match="mr must be its block"):
+        winograd_conv2d(np.ones((8, 3, 3, 3), np.float32), (1, 3, 8, 8), knobs=WinogradKnobs(6, 2, 8), block=4)
 
 
 def test_tall_block_default_numerics():

@@ -88,3 +88,45 @@ def test_tuning_skips_winograd_layers():
     mod = conv_module(weight(1.0), SHAPE)
     assert extract_tasks(mod, "x86", library8(), ops="templates") == []
     assert len(extract_tasks(conv_module(weight(1 / 3.6), SHAPE), "x86", library8())) == 1
+
+
+def block_weight(o: int = 48, i: int = 256, group: int = 6, keep: float = 1 / 3.6) -> np.ndarray:
+    """Patterns, then 1/3.6 of the kernels in blocks of ``group`` filters sharing their channels (8x)."""
+    w = weight(1.0, o, i)
+    chosen = np.random.default_rng(group).random((-(-o // group), i)) < keep
+    return w * np.repeat(chosen, group, axis=0)[:o, :, None, None]
+
+
+@pytest.mark.parametrize("group", [6, 12, 4])
+def test_block_pruned_conv_runs_as_sparse_winograd(group):
+    w, bias, shape = block_weight(group=group), RNG.standard_normal(48).astype(np.float32), (1, 256, 14, 14)
+    assert winograd.sparse_block(w, shape, (1, 1), host_target()) == (4 if group == 4 else 6, None)
+    sparse = PatternSparseConv2d(library8())
+    mod = sparse(conv_module(w, shape, bias=bias, relu=True))
+    assert count_calls(mod, "winograd_conv2d") == 1 and count_calls(mod, "pattern_conv2d") == 0
+    assert sparse.summary[0].winograd and sparse.summary[0].kept_kernels == np.count_nonzero(w.any(axis=(2, 3)))
+    assert extract_tasks(conv_module(w, shape), "x86", library8(), ops="templates") == []
+    x = RNG.standard_normal(shape).astype(np.float32)
+    want = reference(x, w, bias, relu=True)  # outputs ~20 here: the error is relative to the largest
+    np.testing.assert_allclose(run(mod, x), want, rtol=1e-4, atol=1e-5 * np.abs(want).max())
+
+
+@pytest.mark.parametrize("case", ["per kernel", "few channels", "large map", "arm"])
+def test_sparse_winograd_only_where_it_pays(case):
+    w, shape, target = block_weight(), (1, 256, 14, 14), host_target()
+    if case == "per kernel":  # connectivity pruned kernel by kernel: blocks of 6 filters keep the union
+        w = weight(1 / 3.6, 48, 256)
+    elif case == "few channels":
+        w, shape = block_weight(i=128), (1, 128, 14, 14)
+    elif case == "large map":
+        shape = (1, 256, 56, 56)
+    else:
+        target = arm_target()
+    mr, why = winograd.sparse_block(w, shape, (1, 1), target)
+    assert mr == 0 and why
+    expected = {"per kernel": "fill", "few channels": "channels", "large map": "larger", "arm": "arm_cpu"}[case]
+    assert expected in why
+    if case != "large map":  # (a 56x56 map of 256 channels compiles slowly; the rule above is what decides)
+        sparse = PatternSparseConv2d(library8(), target=target)
+        mod = sparse(conv_module(w, shape))
+        assert count_calls(mod, "pattern_conv2d") == 1 and not sparse.summary[0].winograd

@@ -13,6 +13,13 @@ The stages, per image, each a parallel loop of one PrimFunc (the workspaces come
     M[xi, o, t]   = sum_c U[xi, o, c] * V[xi, c, t], U = G g G^T packed [xi, ob, c, m]   (parallel over xi)
     Q[o, y, x]    = A^T M_t A (+ bias, activation) for every tile, then out = Q's OH x OW window   (over filters)
 
+Connectivity-sparse (``sparse=True``): filters in blocks of ``MR`` share the union of their kept input channels
+(``BlockCsr``), and the GEMM walks only those: ``M[xi, o, t] = sum_{c in kept(block of o)} U[xi, o, c] V[xi, c, t]``.
+A dropped 3x3 kernel is a zero in all 36 products, so connectivity pruning survives the transform (pattern zeros do
+not). It pays when the kept kernels fill their blocks (weights pruned in blocks of ``MR`` filters sharing their
+kept channels: ``prune``'s ``kernel_block``); the register block is the dense one, each loaded ``V`` vector feeding
+``MR`` filters, which the direct pattern kernel cannot do (a filter's own kernels, one load per FMA group).
+
 Tiles are numbered ``t = ty * twv + tx`` with the tiles of a row padded to whole vectors (``twv``): the
 transforms are vectorized over the tiles of a tile row (stride-4 input reads, contiguous ``V`` / ``M``). The
 GEMM keeps an ``MR`` filters x ``NV`` vectors of tiles accumulator block in registers; per input channel it
@@ -28,10 +35,12 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..errors import TvmPatternError
+from ..sparsity.blocks import block_columns
 from .dense_common import DenseKernel, bias_array, check_activation, epilogue, i64, padding4
 from .parse_cache import parse_source
 
-__all__ = ["WinogradGeometry", "WinogradKnobs", "default_knobs", "geometry", "transform_weights", "winograd_conv2d"]
+__all__ = ["BlockCsr", "WinogradGeometry", "WinogradKnobs", "block_csr", "default_knobs", "geometry",
+           "sparse_knobs", "sparse_transform_weights", "transform_weights", "winograd_conv2d"]
 
 M_TILE = 4  # outputs per tile side
 ALPHA = 6  # input tile side: M_TILE + 3 - 1
@@ -157,6 +166,46 @@ def transform_weights(weight: np.ndarray, g: WinogradGeometry, mr: int) -> np.nd
     return np.ascontiguousarray(u, dtype=np.float32).reshape(-1)
 
 
+@dataclass(frozen=True)
+class BlockCsr:
+    """The kept input channels of each block of ``mr`` consecutive filters (the union over the block's filters):
+    block ``b``'s channels are ``channels[offsets[b]:offsets[b + 1]]``, ascending."""
+
+    mr: int
+    offsets: np.ndarray  # (blocks + 1,) int32
+    channels: np.ndarray  # (entries,) int32
+    kernels: int  # kept 3x3 kernels of the weight
+
+    @property
+    def entries(self) -> int:
+        return int(self.offsets[-1])
+
+    @property
+    def fill(self) -> float:
+        """Kept kernels / (mr x entries): 1 when every filter of a block keeps the block's channels."""
+        return self.kernels / max(1, self.mr * self.entries)
+
+
+def block_csr(weight: np.ndarray, mr: int) -> BlockCsr:
+    """The block structure of ``weight`` (O, C, 3, 3) for blocks of ``mr`` filters (the last one padded)."""
+    o, c = weight.shape[:2]
+    kept = np.abs(np.asarray(weight)).reshape(o, c, -1).max(axis=2) > 0
+    union = block_columns(kept, mr)
+    offsets = np.concatenate([[0], np.cumsum(union.sum(axis=1))]).astype(np.int32)
+    return BlockCsr(mr, offsets, np.nonzero(union)[1].astype(np.int32), int(kept.sum()))
+
+
+def sparse_transform_weights(weight: np.ndarray, g: WinogradGeometry, csr: BlockCsr) -> np.ndarray:
+    """``u[xi, e, m] = (G w[ob * mr + m, channels[e]] G^T)[xi]`` for the entries ``e`` of block ``ob``."""
+    w = np.zeros((g.op, g.c, 3, 3))
+    w[: g.o] = weight
+    blocks = np.repeat(np.arange(len(csr.offsets) - 1), np.diff(csr.offsets))
+    rows = blocks[:, None] * csr.mr + np.arange(csr.mr)  # (entries, mr)
+    kernels = w[rows, csr.channels[:, None]]  # (entries, mr, 3, 3)
+    u = np.einsum("ak,emkl,bl->abem", G, kernels, G).reshape(XI, -1, csr.mr)
+    return np.ascontiguousarray(u, dtype=np.float32).reshape(-1)
+
+
 def _combination(coeffs, names: list[str]) -> str:
     """``sum_k coeffs[k] * names[k]`` as TVMScript, zero terms dropped, unit coefficients unwritten."""
     terms = []
@@ -235,12 +284,21 @@ def _input_transform_source(g: WinogradGeometry, kn: WinogradKnobs, ind: str, pa
     return lines
 
 
-def _gemm_source(g: WinogradGeometry, kn: WinogradKnobs, ind: str, par: str) -> list[str]:
+def _gemm_source(g: WinogradGeometry, kn: WinogradKnobs, ind: str, par: str, entries: int | None) -> list[str]:
     """The 36 GEMMs; ``filters_outer``: each filter block's weights stay in L1 while the tile panels stream
-    (when a transform's weights outweigh its tiles), else each tile panel stays while the weights stream."""
+    (when a transform's weights outweigh its tiles), else each tile panel stays while the weights stream.
+    ``entries`` (sparse): the loop over channels walks the block's kept channels (``boff``, ``bch``)."""
     mr, nv, v = kn.mr, kn.nv, VECTOR
     nr, nob, ntb = g.nr, g.op // kn.mr, _chunk_tiles(g, kn) // g.nr
     outer, inner = (("ob", nob), ("tb", ntb)) if kn.filters_outer else (("tb", ntb), ("ob", nob))
+    if entries is None:
+        channels = [f"            for c in range({g.c}):",
+                    f"                src: T.let = ((xi * {ntb} + tb) * {g.c} + c) * {nr}"]
+        weight = f"u[((xi * {nob} + ob) * {g.c} + c) * {mr} + m]"
+    else:
+        channels = ["            for e in range(boff[ob], boff[ob + 1]):",
+                    f"                src: T.let = ((xi * {ntb} + tb) * {g.c} + bch[e]) * {nr}"]
+        weight = f"u[(xi * {entries} + e) * {mr} + m]"
     body = [
         f"for xi in {par}({XI}):",
         f"    for {outer[0]} in range({outer[1]}):",
@@ -249,10 +307,9 @@ def _gemm_source(g: WinogradGeometry, kn: WinogradKnobs, ind: str, par: str) -> 
         f"            for m in T.unroll({mr}):",
         f"                for j in T.vectorized({nr}):",
         "                    acc[m, j] = T.float32(0)",
-        f"            for c in range({g.c}):",
-        f"                src: T.let = ((xi * {ntb} + tb) * {g.c} + c) * {nr}",
+        *channels,
         f"                for m in T.unroll({mr}):",
-        f"                    wgt: T.let = u[((xi * {nob} + ob) * {g.c} + c) * {mr} + m]",
+        f"                    wgt: T.let = {weight}",
         f"                    for q in T.unroll({nv}):",
         f"                        for l in T.vectorized({v}):",
         f"                            acc[m, q * {v} + l] = acc[m, q * {v} + l] + wgt * wv[src + q * {v} + l]",
@@ -294,11 +351,16 @@ def _chunk_tiles(g: WinogradGeometry, kn: WinogradKnobs) -> int:
     return kn.chunk if kn.chunk else g.tp
 
 
-def _source(g: WinogradGeometry, kn: WinogradKnobs, bias: bool, residual: bool, bounds) -> str:
+def _source(g: WinogradGeometry, kn: WinogradKnobs, bias: bool, residual: bool, bounds, entries: int | None) -> str:
     params = [f"data_t: T.Buffer({i64(g.n, g.c, g.h, g.w)}, 'float32')"]
     if residual:
         params.append(f"res_t: T.Buffer({i64(g.n, g.o, g.oh, g.ow)}, 'float32')")
-    params.append(f"u: T.Buffer({i64(XI * g.op * g.c)}, 'float32')")
+    if entries is None:
+        params.append(f"u: T.Buffer({i64(XI * g.op * g.c)}, 'float32')")
+    else:
+        params += [f"u: T.Buffer({i64(XI * max(entries, 1) * kn.mr)}, 'float32')",
+                   f"boff: T.Buffer({i64(g.op // kn.mr + 1)}, 'int32')",
+                   f"bch: T.Buffer({i64(max(entries, 1))}, 'int32')"]
     if bias:
         params.append(f"bias: T.Buffer({i64(g.o)}, 'float32')")
     params.append(f"out_t: T.Buffer({i64(g.n, g.o, g.oh, g.ow)}, 'float32')")
@@ -327,31 +389,53 @@ def _source(g: WinogradGeometry, kn: WinogradKnobs, bias: bool, residual: bool, 
         ind, par = " " * 8, "T.parallel"
         lines.append("        k: T.let = 0")
     lines += _input_transform_source(g, kn, ind, par)
-    lines += _gemm_source(g, kn, ind, par)
+    lines += _gemm_source(g, kn, ind, par, entries)
     lines += _output_source(g, kn, ind, par, bias)
     lines += _crop_source(g, residual, bounds)
     return "\n".join(lines) + "\n"
 
 
+
+def sparse_knobs(weight_shape, data_shape, padding, csr: BlockCsr) -> WinogradKnobs:
+    """The connectivity-sparse kernel's knobs: ``csr.mr`` filters x 2 vectors of tiles (``default_knobs``' rules
+    for lanes, loop order and chunks, on the kept weights)."""
+    lanes = VECTOR if geometry(weight_shape, data_shape, padding, WinogradKnobs()).tw >= VECTOR else 4
+    g = geometry(weight_shape, data_shape, padding, WinogradKnobs(csr.mr, 2, lanes))
+    chunked = XI * csr.entries * csr.mr * 4 <= CHUNK_WEIGHTS and g.th * g.twv >= 4 * CHUNK_TILES
+    return WinogradKnobs(csr.mr, 2, lanes, g.op > g.tp, CHUNK_TILES if chunked else 0)
+
+
 def winograd_conv2d(weight: np.ndarray, data_shape, padding=(1, 1, 1, 1), bias: np.ndarray | None = None,
                     activation=None, residual: bool = False, knobs: WinogradKnobs | None = None,
-                    registers: int = 16) -> DenseKernel:
+                    registers: int = 16, block: int = 0) -> DenseKernel:
     """A 3x3 stride-1 NCHW conv2d of ``weight`` (O, C, 3, 3) by Winograd F(4x4, 3x3).
 
     ``padding``: int, (ph, pw) or (top, left, bottom, right); ``activation``: None, "relu", "relu6" or
     ("clip", lo, hi); ``residual``: the kernel takes a second input (N, O, OH, OW) added before the activation;
-    ``knobs``: the register block and chunking (default ``default_knobs`` for ``registers`` vector registers). Returns
-    ``DenseKernel(func, arrays=(u[, bias]), out_shape)``; call ``func(data, [residual], *arrays, out)``.
+    ``knobs``: the register block and chunking (default ``default_knobs`` for ``registers`` vector registers);
+    ``block`` > 0: connectivity-sparse, filters in blocks of ``block`` walk only their kept channels (the knobs'
+    ``mr`` is then ``block``; default ``sparse_knobs``). Returns ``DenseKernel(func, arrays, out_shape)`` with
+    ``arrays = (u[, boff, bch][, bias])``; call ``func(data, [residual], *arrays, out)``.
     """
     weight = np.asarray(weight, np.float32)
     if weight.ndim != 4:
         raise TvmPatternError(f"weight must be (O, C, 3, 3), got shape {weight.shape}")
-    knobs = knobs or default_knobs(weight.shape, data_shape, padding, registers)
+    csr = block_csr(weight, block) if block > 0 else None
+    if csr is None:
+        knobs = knobs or default_knobs(weight.shape, data_shape, padding, registers)
+    else:
+        knobs = knobs or sparse_knobs(weight.shape, data_shape, padding, csr)
+        if knobs.mr != block:
+            raise TvmPatternError(f"a sparse Winograd kernel's mr must be its block {block}, got knobs {knobs}")
     g = geometry(weight.shape, data_shape, padding, knobs)
     bounds = check_activation(activation)
-    func = parse_source(_source(g, knobs, bias is not None, residual, bounds))
-    arrays = [transform_weights(weight, g, knobs.mr)]
+    entries = None if csr is None else csr.entries
+    func = parse_source(_source(g, knobs, bias is not None, residual, bounds, entries))
+    if csr is None:
+        arrays = [transform_weights(weight, g, knobs.mr)]
+    else:
+        u = sparse_transform_weights(weight, g, csr) if csr.entries else np.zeros(XI * knobs.mr, np.float32)
+        arrays = [u, csr.offsets, csr.channels if csr.entries else np.zeros(1, np.int32)]
     if bias is not None:
-        b = bias_array(bias, g.o)
-        arrays.append(b)
+        arrays.append(bias_array(bias, g.o))
     return DenseKernel(func, tuple(arrays), (g.n, g.o, g.oh, g.ow))

@@ -54,7 +54,7 @@ class ConvReport:
     patterns: int = 0
     dense_kernel: bool = False  # an unpruned conv run by the generated kernel as one 9-tap pattern
     tuned: bool = False  # its kernel is the best schedule of a tuning database
-    winograd: bool = False  # run as Winograd F(4x4, 3x3): at this density faster than the pattern kernel
+    winograd: bool = False  # run as Winograd F(4x4, 3x3), dense or connectivity-sparse: faster for this layer
 
     @property
     def sparse(self) -> bool:
@@ -68,7 +68,7 @@ class ConvReport:
         fused = "".join(f" +{e}" for e in self.epilogue) + (", tuned" if self.tuned else "")
         if self.dense_kernel:
             return f"{self.name} [{shape}]: dense, run by the generated kernel as one 9-tap pattern{fused}"
-        how = ", run as Winograd F(4x4, 3x3) (faster at this density)" if self.winograd else ""
+        how = ", run as Winograd F(4x4, 3x3) (faster for this layer)" if self.winograd else ""
         return (
             f"{self.name} [{shape}]: pattern-sparse, {self.kept_kernels}/{total} kernels kept, "
             f"{self.patterns} patterns{how}{fused}"

@@ -25,7 +25,7 @@ from ..schedules import dense_cpu, family_name, sparse_conv2d, winograd, x86
 from ..sparsity.format import PackedConv, unpack
 
 __all__ = ["ConvLayer", "DefaultDenseKernels", "DefaultKernels", "DenseKernelProvider", "DenseLayer", "KernelProvider",
-           "ProvidedKernel", "density", "runs_winograd"]  # fmt: skip
+           "ProvidedKernel", "density", "runs_winograd", "sparse_winograd_block"]  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -69,14 +69,32 @@ def density(packed: PackedConv) -> float:
 
 
 def runs_winograd(layer: ConvLayer | DenseLayer) -> bool:
-    """Whether the default kernel of ``layer`` is Winograd F(4x4, 3x3) (``schedules.winograd.unsuited``); tuning
-    skips such layers, as its templates are the direct kernels."""
-    target = layer.target if layer.target is not None else Target.current(allow_none=True)
+    """Whether the default kernel of ``layer`` is Winograd F(4x4, 3x3), dense (``schedules.winograd.unsuited``) or
+    connectivity-sparse (``sparse_winograd_block``); tuning skips such layers, as its templates are the direct
+    kernels."""
+    target = _target(layer)
     if isinstance(layer, ConvLayer):
         shape = (layer.packed.out_channels, layer.packed.in_channels, 3, 3)
-        return winograd.unsuited(shape, layer.data_shape, layer.strides, density(layer.packed), target) is None
+        dense = winograd.unsuited(shape, layer.data_shape, layer.strides, density(layer.packed), target) is None
+        return dense or sparse_winograd_block(layer) > 0
     return layer.op == "conv2d" and winograd.unsuited(layer.weight.shape, layer.data_shape, layer.strides, 1.0,
                                                       target) is None  # fmt: skip
+
+
+def sparse_winograd_block(layer: ConvLayer) -> int:
+    """Filters per block if ``layer`` runs as connectivity-sparse Winograd (``schedules.winograd.sparse_block``),
+    else 0; a layer dense enough for the dense Winograd kernel takes that one."""
+    target = _target(layer)
+    shape = (layer.packed.out_channels, layer.packed.in_channels, 3, 3)
+    if winograd.unsuited(shape, layer.data_shape, layer.strides, density(layer.packed), target) is None:
+        return 0
+    if winograd.unsuited(shape, layer.data_shape, layer.strides, 1.0, target) is not None:
+        return 0  # cheap checks first: unpacking the weight is not
+    return winograd.sparse_block(unpack(layer.packed), layer.data_shape, layer.strides, target)[0]
+
+
+def _target(layer: ConvLayer | DenseLayer) -> Target | None:
+    return layer.target if layer.target is not None else Target.current(allow_none=True)
 
 
 class DefaultKernels:
@@ -94,7 +112,8 @@ class DefaultKernels:
         pooled = not use_winograd and layer.pool and _fuses_pool(layer)
         if use_winograd:  # its arrays hold the bias already
             kernel = winograd.conv2d(unpack(layer.packed), layer.data_shape, layer.padding, layer.bias,
-                                     "relu" if layer.relu else None, target=layer.target)  # fmt: skip
+                                     "relu" if layer.relu else None, target=layer.target,
+                                     block=sparse_winograd_block(layer))  # fmt: skip
             arrays = tuple(kernel.arrays)
         else:
             args = (layer.packed, layer.data_shape, layer.strides, layer.padding)
@@ -110,7 +129,7 @@ class DefaultKernels:
 def _fuses_pool(layer: ConvLayer) -> bool:
     """Whether ``layer``'s kernel should store the max-pool after it: x86 only (the Arm and Mali kernels could,
     but their speed cannot be measured here), when the block cost model says so (``x86.fuses_pool``)."""
-    target = layer.target if layer.target is not None else Target.current(allow_none=True)
+    target = _target(layer)
     if family_name(target) != x86.NAME:
         return False
     return x86.fuses_pool(layer.packed, layer.data_shape, layer.out_shape, target)

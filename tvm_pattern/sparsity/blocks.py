@@ -24,10 +24,14 @@ import numpy as np
 
 from ..errors import TvmPatternError
 
-__all__ = ["GROUPS", "INDEX_COST", "BlockSparse", "as_matrix", "block_columns", "cost", "detect", "pack", "unpack"]
+__all__ = ["GROUPS", "INDEX_COST", "KERNEL_BLOCK", "BlockSparse", "as_matrix", "block_columns", "cost", "detect",
+           "pack", "unpack"]
 
 GROUPS = (16, 8, 4, 2, 1)  # candidate block heights, tried by ``detect``
 INDEX_COST = 2.0  # modelled cost of one kept column's index and loop step, in MACs per output position
+# 3x3 convs: filters per block sharing their kept input channels (kernel connectivity), the pruner's default:
+# the sparse Winograd kernel's 6-filter register block (``kernels.winograd_conv2d``)
+KERNEL_BLOCK = 6
 
 
 @dataclass(frozen=True)
