@@ -8,7 +8,8 @@ The first conv and the last FC stay dense. CPU, one thread (two shared cores: th
     .venv/bin/python tutorials/accuracy_blocks.py --train-images 8000 --dense-epochs 5 --pattern-epochs 0.5 1 \
         --admm-epochs 4 --retrain-epochs 30 --blocks 4 --stage stage.pt --out g4.json   # README: "4 ADMM epochs"
 
-(``--seed 1`` with another ``--stage`` file for the second seed; ``--admm-epochs 1.5 --retrain-epochs R
+(``--kernel-block 1`` for 3x3 connectivity per kernel, as before the default became blocks of 6;
+``--seed 1`` with another ``--stage`` file for the second seed; ``--admm-epochs 1.5 --retrain-epochs R
 --blocks 1,4`` for the other rows.) One run of a row takes 3-10 minutes on one CPU thread.
 """
 
@@ -60,6 +61,8 @@ def main() -> None:
     p.add_argument("--alpha", type=float, default=8.0, help="1x1 / FC rate")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="accuracy_blocks.json")
+    p.add_argument("--kernel-block", type=int, default=PruneConfig.kernel_block,
+                   help="3x3 connectivity: filters per block sharing their kept channels (1: per kernel)")
     args = p.parse_args()
     torch.set_num_threads(1)
     started = time.time()
@@ -67,7 +70,7 @@ def main() -> None:
     idx = np.random.default_rng(args.seed).permutation(len(train_full))[: args.train_images]
     train = data.Split(train_full.images[idx], train_full.labels[idx])
     config = PruneConfig(admm_epochs=args.admm_epochs, retrain_epochs=args.retrain_epochs, seed=args.seed,
-                         pointwise=args.alpha, linear=args.alpha, rho=args.rho)
+                         pointwise=args.alpha, linear=args.alpha, rho=args.rho, kernel_block=args.kernel_block)
     if args.stage and os.path.exists(args.stage):
         saved = torch.load(args.stage, weights_only=False)
         patterns, library, results = saved["model"], saved["library"], saved["results"]

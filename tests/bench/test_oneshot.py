@@ -124,6 +124,22 @@ def test_recipes_and_prune_only():
         prune_torch(small("vgg16"), 8, prune_only={"conv5x5"})
 
 
+@pytest.mark.parametrize("kernel_block", [6, 1])
+def test_3x3_connectivity_in_filter_blocks(kernel_block):
+    """The default recipe keeps whole (block of 6 filters, input channel) groups of 3x3 kernels, which the sparse
+    Winograd kernel needs; 1 keeps kernels one by one, as before."""
+    net = small("vgg16")
+    report = prune_torch(net, 8, kernel_block=kernel_block) if kernel_block != 6 else prune_torch(net, 8)
+    assert report["kernel_block"] == kernel_block
+    conv = dict(net.named_modules())["features.2"]
+    kept = conv.weight.detach().flatten(2).ne(0).any(-1)
+    blocks = [kept[b: b + kernel_block] == kept[b] for b in range(0, len(kept), kernel_block)]
+    assert all(bool(block.all()) for block in blocks)
+    assert float(kept.float().mean()) == pytest.approx(1 / 3.6, abs=0.03)
+    if kernel_block == 1:
+        assert not all(bool((kept[b: b + 6] == kept[b]).all()) for b in range(0, len(kept), 6))
+
+
 def test_bad_input_fails_clearly_and_writes_nothing(tmp_path, capsys):
     text = tmp_path / "notes.onnx"
     text.write_text("not a model")

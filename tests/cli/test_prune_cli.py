@@ -428,6 +428,9 @@ def test_prune_every_layer_type_writes_block_sparse_onnx(small_data, tmp_path, o
     for name, row in rows.items():
         w = inits[f"{name}.weight"]
         assert row["nonzeros"] == np.count_nonzero(w) and row["density"] == pytest.approx(row["nonzeros"] / w.size)
+        if row["type"] == "conv3x3" and row["pruned"]:  # connectivity in blocks of 6 filters (the default)
+            kept = (w != 0).any(axis=(2, 3))
+            assert all((kept[b: b + 6] == kept[b]).all() for b in range(0, len(kept), 6)), name
         if row["type"] == "conv3x3" or not row["pruned"]:
             continue
         alpha = 8 if row["type"] == "pointwise" else 4
@@ -442,6 +445,7 @@ def test_prune_every_layer_type_writes_block_sparse_onnx(small_data, tmp_path, o
     [
         (["--pointwise", "0.5"], "alpha must be >= 1"),
         (["--linear", "classifier.9=2"], "rates given for linear layers that do not exist: ['classifier.9']"),
+        (["--kernel-block", "0"], "kernel_block must be an int >= 1"),
     ],
 )
 def test_bad_layer_options_fail_clearly_and_write_nothing(tmp_path, small_data, capsys, extra, message):

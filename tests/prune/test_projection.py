@@ -12,6 +12,7 @@ from tvm_pattern.errors import PatternError
 from tvm_pattern.prune.projection import (
     block_mask,
     check_block,
+    check_kernel_block,
     connectivity_mask,
     kept_columns,
     kept_kernels,
@@ -53,6 +54,39 @@ def test_connectivity_projection_keeps_the_largest_kernels(shape, alpha, seed):
     if keep < norms.numel():
         assert norms[kept].min() >= norms[~kept].max()
     assert torch.equal(y.flatten(2)[kept.view(shape)], w.flatten(2)[kept.view(shape)])
+
+
+@settings(max_examples=30, deadline=None)
+@given(out=st.integers(1, 7), cols=st.integers(1, 4), block=st.integers(2, 4), alpha=st.floats(1.0, 4.0),
+       seed=st.integers(0, 2**31 - 1))  # fmt: skip
+def test_kernel_block_connectivity_is_the_nearest_point_with_as_many_groups(out, cols, block, alpha, seed):
+    """Blocks of ``block`` filters keep the same input channels, about ``keep`` kernels' worth; among every
+    choice of that many (block, channel) groups, the projection is the nearest to ``w`` (brute force)."""
+    w = torch.randn(out, cols, 3, 3, generator=torch.Generator().manual_seed(seed))
+    keep = kept_kernels(out * cols, alpha)
+    mask = connectivity_mask(w, keep, block)[:, :, 0, 0]
+    for start in range(0, out, block):
+        assert (mask[start: start + block] == mask[start]).all()
+    groups = -(-out // block) * cols
+    count = int(mask[::block].sum())
+    assert count >= 1 and abs(int(mask.sum()) - keep) <= block
+    energy = w.square().sum((2, 3))
+    best = float("inf")
+    for pick in itertools.combinations(range(groups), count):
+        m = torch.zeros(groups, dtype=torch.bool)
+        m[list(pick)] = True
+        full = m.view(-1, cols).repeat_interleave(block, 0)[:out]
+        best = min(best, float(energy[~full].sum()))
+    assert float(energy[~mask].sum()) <= best + 1e-5
+    assert torch.equal(project_connectivity(w, keep, block), w * mask[:, :, None, None])
+
+
+def test_kernel_block_one_is_per_kernel_and_bad_blocks_are_named():
+    w = torch.randn(6, 5, 3, 3, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(connectivity_mask(w, 8, 1), connectivity_mask(w, 8))
+    for bad in (0, -2, 1.5, True, "6"):
+        with pytest.raises(PatternError, match="kernel_block"):
+            check_kernel_block(bad)
 
 
 def test_kept_kernels_rounds_total_over_alpha():

@@ -285,6 +285,24 @@ def test_state_dict_round_trip_holds_every_layer_type():
         assert torch.equal(a.z, b.z) and torch.equal(a.u, b.u)
     with pytest.raises(ModelError, match="block 4"):
         make(8).prepare(copy.deepcopy(model)).load_state_dict(state)
+    assert state["kernel_block"] == 6
+    per_kernel = PatternSparsifier(LIB, pointwise=4.0, linear=2.0, depthwise_patterns=True, kernel_block=1)
+    with pytest.raises(ModelError, match="kernel_block 6"):
+        per_kernel.prepare(copy.deepcopy(model)).load_state_dict(state)
+
+
+@pytest.mark.parametrize("kernel_block", [1, 2, 4])
+def test_3x3_connectivity_in_filter_blocks(kernel_block):
+    model = net()
+    sp = PatternSparsifier(LIB, connectivity={"2": 4.0, "6": None}, kernel_block=kernel_block).prepare(model)
+    for _ in range(3):
+        sp.step()
+    kept = sp.compute_masks()["2"].flatten(2).any(-1)  # (O, I)
+    for start in range(0, kept.shape[0], kernel_block):
+        assert (kept[start: start + kernel_block] == kept[start]).all()
+    assert int(kept.sum()) == round(kept.numel() / 4.0)  # whole blocks here: the count is exact
+    with pytest.raises(PatternError, match="kernel_block"):
+        PatternSparsifier(LIB, kernel_block=0)
 
 
 def test_linear_zeros_survive_optimiser_steps():

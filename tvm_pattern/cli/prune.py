@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from ..sparsity.blocks import KERNEL_BLOCK
+
 DATASETS = ("fashion-mnist",)
 
 
@@ -71,6 +73,11 @@ def add_prune_options(p: argparse.ArgumentParser) -> None:
         "--block", type=parse_block, default=4, metavar="G",
         help="--pointwise/--linear: blocks of G output channels keep the same input columns (default 4), "
         "or 'unstructured'",
+    )  # fmt: skip
+    p.add_argument(
+        "--kernel-block", type=int, default=KERNEL_BLOCK, metavar="G",
+        help=f"3x3 connectivity: blocks of G filters keep the same input channels, which the sparse Winograd "
+        f"kernel runs faster (default {KERNEL_BLOCK}; 1: each filter its own kernels)",
     )  # fmt: skip
     p.add_argument("--prune-last", action="store_true", help="prune the classifier's last layer too (dense by default)")
     p.add_argument("--dense-epochs", type=float, default=5.0, help="epochs to train the dense model (default 5)")

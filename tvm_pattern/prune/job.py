@@ -16,14 +16,16 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from ..errors import ModelError, SpecError, TvmPatternError
+from ..sparsity.blocks import KERNEL_BLOCK
 from ..sparsity.library import PatternLibrary, candidate_patterns
 from . import artifacts, checkpoints, data, distributed, models, userspec
-from .projection import check_alpha, check_block
+from .projection import check_alpha, check_block, check_kernel_block
 from .recipe import PruneConfig, prune, train_dense
 from .resume import Checkpointer
 from .sparsifier import PatternSparsifier
 
-DEFAULT_LAYER_OPTIONS = {"pointwise": None, "linear": None, "depthwise_patterns": False, "block": 4, "skip_last": True}
+DEFAULT_LAYER_OPTIONS = {"pointwise": None, "linear": None, "depthwise_patterns": False, "block": 4, "skip_last": True,
+                         "kernel_block": KERNEL_BLOCK}
 
 
 @dataclass
@@ -41,6 +43,12 @@ def _opt(args: argparse.Namespace, name: str, default=None):
     return getattr(args, name, default)
 
 
+def _kernel_block(args: argparse.Namespace) -> int:
+    """``--kernel-block`` (None: the default ``KERNEL_BLOCK``)."""
+    value = _opt(args, "kernel_block")
+    return KERNEL_BLOCK if value is None else value
+
+
 def validate(args: argparse.Namespace) -> Inputs:
     """Fail on bad input before any training or writing, so nothing is half-done."""
     candidates = len(candidate_patterns(args.taps))
@@ -53,6 +61,7 @@ def validate(args: argparse.Namespace) -> Inputs:
             if alpha is not None:
                 check_alpha(alpha)
     check_block(_opt(args, "block", 4))
+    check_kernel_block(_kernel_block(args))
     if _opt(args, "batch_size", 128) < 1:
         raise TvmPatternError(f"--batch-size {args.batch_size}: must be >= 1")
     if _opt(args, "workers", 0) < 0:
@@ -98,7 +107,7 @@ def layer_options(args: argparse.Namespace) -> dict:
     return {
         "pointwise": _opt(args, "pointwise"), "linear": _opt(args, "linear"),
         "depthwise_patterns": bool(_opt(args, "depthwise_patterns", False)), "block": _opt(args, "block", 4),
-        "skip_last": not _opt(args, "prune_last", False),
+        "skip_last": not _opt(args, "prune_last", False), "kernel_block": _kernel_block(args),
     }  # fmt: skip
 
 

@@ -4,7 +4,8 @@ The "what speed would I get" tool: run it on a trained (or random) torch model o
 GPU-days on ADMM. The structures are the sparsifier's (``projection``); the recipes:
 
 * ``compression=8``: regular 3x3 convs keep one of 8 four-tap patterns extracted from the model's own kernels
-  (2.25x) and 1/3.6 of their kernels (8x in all); 1x1 convs and linear layers 1/8 of their input columns in
+  (2.25x) and 1/3.6 of their kernels (8x in all), in blocks of ``kernel_block`` filters sharing their kept input
+  channels (``projection.connectivity_mask``); 1x1 convs and linear layers 1/8 of their input columns in
   blocks of ``block`` output channels; depthwise 3x3 convs one library pattern per channel (2.25x, the most
   a 3x3 depthwise kernel gives with four taps).
 * ``compression=2.25``: patterns only for the 3x3 and depthwise convs, and 1x1 / linear at 2.25x, so the
@@ -29,10 +30,12 @@ import torch
 from torch import nn
 
 from ..errors import ModelError, TvmPatternError
+from ..sparsity.blocks import KERNEL_BLOCK
 from ..sparsity.library import PatternLibrary, candidate_patterns
 from .projection import (
     Block,
     check_block,
+    check_kernel_block,
     kept_columns,
     kept_kernels,
     project_block,
@@ -55,9 +58,11 @@ class Recipe:
     alpha: float
     block: Block
     types: frozenset[str]
+    kernel_block: int = KERNEL_BLOCK
 
     @classmethod
-    def of(cls, compression: float, block: Block = 4, prune_only: Collection[str] | None = None) -> Recipe:
+    def of(cls, compression: float, block: Block = 4, prune_only: Collection[str] | None = None,
+           kernel_block: int = KERNEL_BLOCK) -> Recipe:
         compression = float(compression)
         if compression not in COMPRESSIONS:
             raise TvmPatternError(f"compression must be 2.25 or 8, got {compression:g}")
@@ -66,7 +71,7 @@ class Recipe:
         if unknown or not types:
             raise TvmPatternError(f"prune_only: unknown layer type(s) {unknown}; choose from {list(TYPES)}")
         connectivity = CONNECTIVITY_8X if compression == 8.0 else None
-        return cls(compression, connectivity, compression, check_block(block), types)
+        return cls(compression, connectivity, compression, check_block(block), types, check_kernel_block(kernel_block))
 
     def project(self, kind: str, weight: torch.Tensor, patterns: torch.Tensor) -> torch.Tensor:
         """``weight`` (torch layout: (O, I, kh, kw) or (O, I)) projected onto ``kind``'s structure."""
@@ -74,7 +79,7 @@ class Recipe:
             pruned = project_patterns(weight, patterns)
             if kind == "conv3x3" and self.connectivity is not None:
                 total = weight.shape[0] * weight.shape[1]
-                pruned = project_connectivity(pruned, kept_kernels(total, self.connectivity))
+                pruned = project_connectivity(pruned, kept_kernels(total, self.connectivity), self.kernel_block)
             return pruned
         return project_block(weight, kept_columns(tuple(weight.shape), self.alpha, self.block), self.block)
 
@@ -120,7 +125,8 @@ def prune_layers(
         raise ModelError(f"nothing to prune one-shot ({found})")
     body = [r for r in rows if not r.get("reason", "").startswith("classifier's last")]
     density = sum(r["nonzeros"] for r in body) / max(1, sum(r["weights"] for r in body))
-    return {"compression": recipe.compression, "block": recipe.block, "types": sorted(recipe.types),
+    return {"compression": recipe.compression, "block": recipe.block, "kernel_block": recipe.kernel_block,
+            "types": sorted(recipe.types),
             "patterns": library.to_json()["patterns"], "density_but_last": density, "layers": rows}  # fmt: skip
 
 
@@ -140,9 +146,10 @@ def prune_torch(
     patterns: int = 8,
     skip_first: bool = True,
     skip_last: bool = True,
+    kernel_block: int = KERNEL_BLOCK,
 ) -> dict:
     """Prune ``model`` in place, one-shot, to the ``compression`` recipe (see the module docstring)."""
-    recipe = Recipe.of(compression, block, prune_only)
+    recipe = Recipe.of(compression, block, prune_only, kernel_block)
     modules = dict(model.named_modules())
     layers = [(name, kind, why, modules[name].weight.detach().float().cpu().numpy())
               for name, (kind, why) in layer_types(model, skip_first, skip_last).items()]  # fmt: skip
@@ -168,13 +175,14 @@ def prune_onnx(
     patterns: int = 8,
     skip_first: bool = True,
     skip_last: bool = True,
+    kernel_block: int = KERNEL_BLOCK,
 ) -> dict:
     """Prune the conv / Gemm / MatMul weights (initialisers) of an ONNX file one-shot; write it to ``path_out``.
 
     Everything is checked and pruned in memory, then written to a temporary file next to ``path_out`` and
     renamed, so an error leaves nothing behind (and an existing ``path_out`` untouched).
     """
-    recipe = Recipe.of(compression, block, prune_only)
+    recipe = Recipe.of(compression, block, prune_only, kernel_block)
     path_in, path_out = Path(path_in), Path(path_out)
     if not path_out.parent.is_dir():
         raise TvmPatternError(f"cannot write {path_out}: no folder {path_out.parent}")

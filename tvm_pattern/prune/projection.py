@@ -3,7 +3,10 @@
 * Pattern set S: every 3x3 kernel keeps exactly the taps of one library pattern.
   The closest point keeps, per kernel, the pattern holding the most L2 norm.
 * Connectivity set S': at most ``keep`` non-zero kernels per layer.
-  The closest point keeps the ``keep`` kernels of largest L2 norm.
+  The closest point keeps the ``keep`` kernels of largest L2 norm. With ``block`` G > 1 (``kernel_block``) the
+  filters come in consecutive blocks of G that keep the same input channels: the closest point keeps the
+  (block, channel) groups of largest L2 norm, about ``keep / G`` of them, so a Winograd GEMM's loaded input
+  vector feeds G filters (``schedules.winograd.sparse_block``).
 * Block connectivity (1x1 convs, linear layers): output channels in consecutive blocks of G rows, every row
   of a block keeping the same ``keep`` input columns, so one input load feeds G accumulators in the kernel.
   The closest point keeps, per block, the columns of largest L2 norm over the block's rows. G = 1 lets each
@@ -50,21 +53,37 @@ def kept_kernels(total: int, alpha: float) -> int:
     return max(1, round(total / check_alpha(alpha)))
 
 
-def connectivity_mask(weight: torch.Tensor, keep: int) -> torch.Tensor:
-    """Boolean mask (O, I, 1, 1) keeping the ``keep`` kernels of largest L2 norm (ties: lowest index)."""
-    norms = weight.detach().flatten(2).double().square().sum(-1).flatten()
-    if not 1 <= keep <= norms.numel():
-        raise PatternError(f"cannot keep {keep} of {norms.numel()} kernels")
-    # A stable sort makes ties deterministic: equal norms keep the earlier kernel.
-    order = torch.sort(-norms, stable=True).indices[:keep]
-    mask = torch.zeros(norms.numel(), dtype=torch.bool, device=weight.device)
-    mask[order] = True
-    return mask.view(*weight.shape[:2], 1, 1)
+def check_kernel_block(block: int) -> int:
+    """``block`` if it is a valid filter block for 3x3 connectivity (an int >= 1)."""
+    if isinstance(block, bool) or not isinstance(block, int) or block < 1:
+        raise PatternError(f"kernel_block must be an int >= 1 (filters sharing their kept input channels), "
+                           f"got {block!r}")
+    return block
 
 
-def project_connectivity(weight: torch.Tensor, keep: int) -> torch.Tensor:
-    """Closest tensor to ``weight`` with at most ``keep`` non-zero kernels."""
-    return weight * connectivity_mask(weight, keep)
+def connectivity_mask(weight: torch.Tensor, keep: int, block: int = 1) -> torch.Tensor:
+    """Boolean mask (O, I, 1, 1) keeping the ``keep`` kernels of largest L2 norm (ties: lowest index); with
+    ``block`` > 1, the (block of ``block`` filters, input channel) groups of largest L2 norm, as many as hold
+    the nearest to ``keep`` kernels (at least one group; the last block may be shorter)."""
+    energy = weight.detach().flatten(2).double().square().sum(-1)  # (O, I)
+    out, cols = energy.shape
+    if not 1 <= keep <= out * cols:
+        raise PatternError(f"cannot keep {keep} of {out * cols} kernels")
+    rows = torch.arange(out, device=weight.device) // check_kernel_block(block)
+    groups = torch.zeros(int(rows[-1]) + 1, cols, dtype=energy.dtype, device=energy.device).index_add_(0, rows, energy)
+    # A stable sort makes ties deterministic: equal norms keep the earlier kernel (group).
+    order = torch.sort(-groups.flatten(), stable=True).indices
+    sizes = torch.bincount(rows, minlength=groups.shape[0]).repeat_interleave(cols)[order]
+    held = torch.cumsum(sizes, 0)
+    count = max(1, int(torch.argmin((held - keep).abs())) + 1)
+    chosen = torch.zeros(groups.numel(), dtype=torch.bool, device=weight.device)
+    chosen[order[:count]] = True
+    return chosen.view(groups.shape)[rows].view(out, cols, 1, 1)
+
+
+def project_connectivity(weight: torch.Tensor, keep: int, block: int = 1) -> torch.Tensor:
+    """Closest tensor to ``weight`` with at most ``keep`` non-zero kernels (in filter blocks of ``block``)."""
+    return weight * connectivity_mask(weight, keep, block)
 
 
 def _check(weight: torch.Tensor, patterns: torch.Tensor) -> None:

@@ -22,6 +22,7 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
+from ..sparsity.blocks import KERNEL_BLOCK
 from ..sparsity.library import PatternLibrary, candidate_patterns
 from .distributed import Runtime
 from .projection import Block
@@ -54,6 +55,7 @@ class PruneConfig:
     depthwise_patterns: bool = False
     block: Block = 4  # output channels sharing their kept input columns (1x1 / linear), or "unstructured"
     skip_last: bool = True  # the classifier's last layer stays dense
+    kernel_block: int = KERNEL_BLOCK  # 3x3 connectivity: filters per block keeping the same input channels
 
 
 @dataclass
@@ -163,6 +165,7 @@ def prune_stage(
         library, connectivity, rho=config.rho, rho_growth=config.rho_growth, skip_first=config.skip_first,
         pointwise=config.pointwise if rates else None, linear=config.linear if rates else None,
         depthwise_patterns=config.depthwise_patterns, block=config.block, skip_last=config.skip_last,
+        kernel_block=config.kernel_block,
     )  # fmt: skip
     phase = resume["phase"] if resume is not None else f"{name}:admm"
     if phase == f"{name}:admm":
@@ -275,7 +278,7 @@ def dense_reasons(model: nn.Module, library: PatternLibrary, config: PruneConfig
     sparsifier = PatternSparsifier(
         library, config.connectivity, skip_first=config.skip_first, pointwise=config.pointwise,
         linear=config.linear, depthwise_patterns=config.depthwise_patterns, block=config.block,
-        skip_last=config.skip_last,
+        skip_last=config.skip_last, kernel_block=config.kernel_block,
     )  # fmt: skip
     return {name: why for name, (_, why) in sparsifier.plan(model).items() if why is not None}
 

@@ -31,6 +31,7 @@ from torch import nn
 from torch.nn.utils import prune
 
 from ..errors import ModelError, PatternError
+from ..sparsity.blocks import KERNEL_BLOCK
 from ..sparsity.library import PatternLibrary
 from . import distributed
 from .projection import (
@@ -38,6 +39,7 @@ from .projection import (
     block_mask,
     check_alpha,
     check_block,
+    check_kernel_block,
     connectivity_mask,
     kept_columns,
     kept_kernels,
@@ -144,6 +146,8 @@ class PatternSparsifier:
         depthwise_patterns: prune depthwise 3x3 convs to library patterns.
         block: output channels sharing their kept input columns (1x1 and linear), or ``"unstructured"``.
         skip_last: keep the classifier's last layer dense.
+        kernel_block: 3x3 connectivity: filters in blocks of this many keep the same input channels (1: each
+            its own kernels); the sparse Winograd kernel runs such layers (``projection.connectivity_mask``).
     """
 
     def __init__(
@@ -160,11 +164,13 @@ class PatternSparsifier:
         depthwise_patterns: bool = False,
         block: Block = 4,
         skip_last: bool = True,
+        kernel_block: int = KERNEL_BLOCK,
     ) -> None:
         for rate in (connectivity, pointwise, linear):
             for alpha in _alphas(rate):
                 check_alpha(alpha)  # before anything changes
         check_block(block)
+        self.kernel_block = check_kernel_block(kernel_block)
         if rho <= 0 or rho_growth < 1:
             raise PatternError(f"need rho > 0 and rho_growth >= 1, got rho={rho}, rho_growth={rho_growth}")
         self.library = library
@@ -233,10 +239,11 @@ class PatternSparsifier:
         return [t for layer in self.layers for t in (layer.z, layer.u, layer.y, layer.v) if t is not None]
 
     def state_dict(self) -> dict:
-        """The ADMM state (rho, block; per layer its type, Z, U, Y, V and kept count), on the CPU, for checkpoints."""
+        """The ADMM state (rho, blocks; per layer its type, Z, U, Y, V and kept count), on the CPU, for checkpoints."""
         return {
             "rho": self.rho,
             "block": self.block,
+            "kernel_block": self.kernel_block,
             "layers": {
                 layer.name: {"keep": layer.keep, "kind": layer.kind, "z": _copy(layer.z), "u": _copy(layer.u),
                              "y": _copy(layer.y), "v": _copy(layer.v)}
@@ -251,6 +258,9 @@ class PatternSparsifier:
             raise ModelError(f"ADMM state for layers {sorted(state['layers'])}, the sparsifier prunes {sorted(names)}")
         if state.get("block", self.block) != self.block:
             raise ModelError(f"ADMM state made with block {state['block']!r}, the sparsifier has {self.block!r}")
+        if state.get("kernel_block", 1) != self.kernel_block:  # states from before kernel blocks: per kernel
+            raise ModelError(f"ADMM state made with kernel_block {state.get('kernel_block', 1)!r}, "
+                             f"the sparsifier has {self.kernel_block!r}")  # fmt: skip
         for layer in self.layers:
             saved, device = state["layers"][layer.name], layer.module.weight.device
             if (saved["keep"] != layer.keep or saved.get("kind", "conv3x3") != layer.kind
@@ -271,7 +281,7 @@ class PatternSparsifier:
         w = layer.module.weight.detach()
         layer.z = (w + layer.u) * self._first_mask(layer, w + layer.u)
         if layer.y is not None:
-            layer.y = (w + layer.v) * connectivity_mask(w + layer.v, layer.keep)
+            layer.y = (w + layer.v) * connectivity_mask(w + layer.v, layer.keep, self.kernel_block)
 
     def penalty(self) -> torch.Tensor:
         """rho/2 (||W - Z + U||^2 + ||W - Y + V||^2) summed over layers: add it to the loss."""
@@ -305,7 +315,7 @@ class PatternSparsifier:
             norm = float(w.norm().clamp_min(1e-12))
             worst = max(worst, float((w - w * self._first_mask(layer, w)).norm()) / norm)
             if layer.y is not None:
-                worst = max(worst, float((w - w * connectivity_mask(w, layer.keep)).norm()) / norm)
+                worst = max(worst, float((w - w * connectivity_mask(w, layer.keep, self.kernel_block)).norm()) / norm)
         return worst
 
     @torch.no_grad()
@@ -317,7 +327,7 @@ class PatternSparsifier:
             w = _dense_weight(layer.module)
             mask = self._first_mask(layer, w)
             if layer.y is not None:
-                mask = mask & connectivity_mask(w * mask, layer.keep)
+                mask = mask & connectivity_mask(w * mask, layer.keep, self.kernel_block)
             masks[layer.name] = mask
         distributed.broadcast_tensors(masks.values())
         return masks
