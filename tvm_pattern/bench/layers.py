@@ -1,7 +1,8 @@
 """``tvm-pattern bench``: every 3x3 conv of a suite, PyTorch dense vs TVM dense vs our pattern-sparse kernel.
 
 Weights are random, pruned to 8 patterns of 4 taps (a library extracted from the suite's own random
-kernels) and, at 8x, to 1/3.6 of each layer's kernels (largest norm kept). All three sides run the same
+kernels) and, at 8x, to 1/3.6 of each layer's kernels in blocks of ``KERNEL_BLOCK`` filters sharing their kept
+input channels (largest norm kept), as ``prune`` and ``bench --model`` do. All three sides run the same
 pruned weights at 224x224, batch 1.
 
 Measuring: PyTorch runs in a subprocess (its OpenMP threads and TVM's pool spin and disturb each other in
@@ -24,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import TvmPatternError
+from ..sparsity.blocks import KERNEL_BLOCK
 from ..sparsity.library import PatternLibrary, best_fit
 
 __all__ = ["SUITES", "Layer", "prune_suite", "run_bench", "run_tuned_bench"]
@@ -95,13 +97,25 @@ def prune_suite(layers: list[Layer], compression: float, seed: int = 0) -> tuple
         kernels = w.reshape(-1, 3, 3)
         kernels = kernels * library.patterns[best_fit(kernels, library.patterns)]
         if compression == 8.0:
-            norms = np.linalg.norm(kernels.reshape(len(kernels), -1), axis=1)
-            keep = np.argsort(-norms, kind="stable")[: round(len(kernels) / CONNECTIVITY)]
-            mask = np.zeros(len(kernels), bool)
-            mask[keep] = True
-            kernels = kernels * mask[:, None, None]
+            kernels = kernels * _block_connectivity(kernels.reshape(w.shape), KERNEL_BLOCK).reshape(-1, 1, 1)
         pruned.append(kernels.reshape(w.shape).astype(np.float32))
     return pruned, library
+
+
+def _block_connectivity(weight: np.ndarray, block: int) -> np.ndarray:
+    """(O, C) mask keeping 1/``CONNECTIVITY`` of the kernels as whole (block of ``block`` filters, channel) groups
+    of largest L2 norm: ``prune.projection.connectivity_mask`` in numpy (this process does not load torch)."""
+    o, c = weight.shape[:2]
+    energy = np.square(weight.astype(np.float64)).reshape(o, c, -1).sum(axis=2)
+    rows = np.arange(o) // block
+    groups = np.zeros((rows[-1] + 1, c))
+    np.add.at(groups, rows, energy)
+    order = np.argsort(-groups.reshape(-1), kind="stable")
+    held = np.cumsum(np.repeat(np.bincount(rows), c)[order])
+    count = int(np.argmin(np.abs(held - max(1, round(o * c / CONNECTIVITY))))) + 1
+    chosen = np.zeros(groups.size, bool)
+    chosen[order[:count]] = True
+    return chosen.reshape(groups.shape)[rows]
 
 
 # ---------------------------------------------------------------------------------------------- TVM side
