@@ -28,7 +28,7 @@ from tvm.target import Target
 
 from tvm_pattern.kernels.dense_common import DenseKernel
 from tvm_pattern.kernels.winograd_conv2d import block_csr, winograd_conv2d
-from tvm_pattern.sparsity.blocks import KERNEL_BLOCK
+from tvm_pattern.sparsity.blocks import KERNEL_BLOCK, KERNEL_BLOCK_MIN_CHANNELS
 from tvm_pattern.targets import vector_registers
 
 from .registry import family_name
@@ -39,7 +39,7 @@ __all__ = ["BLOCKS", "MIN_CHANNELS", "MIN_DENSITY", "MIN_FILL", "MIN_SIDE", "SPA
 MIN_DENSITY = 0.3
 MIN_CHANNELS = 16
 MIN_SIDE = 8
-SPARSE_MIN_CHANNELS = 256
+SPARSE_MIN_CHANNELS = KERNEL_BLOCK_MIN_CHANNELS  # the pruner blocks 3x3 kernels from there on ("auto")
 SPARSE_MAX_SIDE = 28
 MIN_FILL = 0.9
 BLOCKS = (KERNEL_BLOCK, 4)  # filter blocks of the sparse kernel, preferred first (6 x 2: the dense register block)

@@ -8,7 +8,8 @@ The first conv and the last FC stay dense. CPU, one thread (two shared cores: th
     .venv/bin/python tutorials/accuracy_blocks.py --train-images 8000 --dense-epochs 5 --pattern-epochs 0.5 1 \
         --admm-epochs 4 --retrain-epochs 30 --blocks 4 --stage stage.pt --out g4.json   # README: "4 ADMM epochs"
 
-(``--kernel-block 1`` for 3x3 connectivity per kernel, as before the default became blocks of 6;
+(``--kernel-block 6`` for 3x3 kernels kept in blocks of 6 filters in every conv (the default, auto, keeps
+this net's convs, at most 128 channels wide, per kernel);
 ``--seed 1`` with another ``--stage`` file for the second seed; ``--admm-epochs 1.5 --retrain-epochs R
 --blocks 1,4`` for the other rows.) One run of a row takes 3-10 minutes on one CPU thread.
 """
@@ -25,6 +26,7 @@ import time
 import numpy as np
 import torch
 
+from tvm_pattern.cli.prune import parse_kernel_block
 from tvm_pattern.prune import data
 from tvm_pattern.prune.models import ResNetSmall
 from tvm_pattern.prune.recipe import PruneConfig, extract_library, layer_report, prune_stage, train_dense
@@ -61,8 +63,9 @@ def main() -> None:
     p.add_argument("--alpha", type=float, default=8.0, help="1x1 / FC rate")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="accuracy_blocks.json")
-    p.add_argument("--kernel-block", type=int, default=PruneConfig.kernel_block,
-                   help="3x3 connectivity: filters per block sharing their kept channels (1: per kernel)")
+    p.add_argument("--kernel-block", type=parse_kernel_block, default=PruneConfig.kernel_block,
+                   help="3x3 connectivity: filters per block sharing their kept channels (1: per kernel; auto: "
+                   "6 from 256 input channels, which leaves this net's narrow convs per kernel)")
     args = p.parse_args()
     torch.set_num_threads(1)
     started = time.time()

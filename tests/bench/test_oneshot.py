@@ -124,13 +124,16 @@ def test_recipes_and_prune_only():
         prune_torch(small("vgg16"), 8, prune_only={"conv5x5"})
 
 
-@pytest.mark.parametrize("kernel_block", [6, 1])
+@pytest.mark.parametrize("kernel_block", [6, "auto"])
 def test_3x3_connectivity_in_filter_blocks(kernel_block):
-    """The default recipe keeps whole (block of 6 filters, input channel) groups of 3x3 kernels, which the sparse
-    Winograd kernel needs; 1 keeps kernels one by one, as before."""
+    """``kernel_block=6`` keeps whole (block of 6 filters, input channel) groups of 3x3 kernels, which the sparse
+    Winograd kernel needs; the default, auto, does so from 256 input channels and keeps this small net's narrow
+    convs kernel by kernel."""
     net = small("vgg16")
-    report = prune_torch(net, 8, kernel_block=kernel_block) if kernel_block != 6 else prune_torch(net, 8)
+    report = prune_torch(net, 8, kernel_block=kernel_block) if kernel_block != "auto" else prune_torch(net, 8)
     assert report["kernel_block"] == kernel_block
+    kernel_block = 6 if kernel_block == 6 else 1
+    assert dict(net.named_modules())["features.2"].weight.shape[1] < 256
     conv = dict(net.named_modules())["features.2"]
     kept = conv.weight.detach().flatten(2).ne(0).any(-1)
     blocks = [kept[b: b + kernel_block] == kept[b] for b in range(0, len(kept), kernel_block)]

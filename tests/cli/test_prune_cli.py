@@ -17,7 +17,7 @@ from onnx import numpy_helper
 from torch import nn
 
 from tvm_pattern import cli
-from tvm_pattern.cli.prune import add_prune_options, parse_block, parse_connectivity
+from tvm_pattern.cli.prune import add_prune_options, parse_block, parse_connectivity, parse_kernel_block
 from tvm_pattern.errors import TvmPatternError
 from tvm_pattern.prune import artifacts, models
 from tvm_pattern.sparsity.library import CENTRE, PatternLibrary
@@ -414,7 +414,7 @@ def test_prune_every_layer_type_writes_block_sparse_onnx(small_data, tmp_path, o
     input columns, shared by each pair of output channels, with exact zeros; the last FC stays dense."""
     out = tmp_path / "out"
     code = cli.main(["prune", "--model", "resnet-small", "--data", str(small_data), "--out", str(out), *TINY,
-                     "--pointwise", "8", "--linear", "4", "--block", "2"])  # fmt: skip
+                     "--pointwise", "8", "--linear", "4", "--block", "2", "--kernel-block", "4"])  # fmt: skip
     assert code == 0
     report = json.loads((out / "report.json").read_text())
     assert report["pointwise"] == 8.0 and report["linear"] == 4.0 and report["block"] == 2
@@ -428,9 +428,9 @@ def test_prune_every_layer_type_writes_block_sparse_onnx(small_data, tmp_path, o
     for name, row in rows.items():
         w = inits[f"{name}.weight"]
         assert row["nonzeros"] == np.count_nonzero(w) and row["density"] == pytest.approx(row["nonzeros"] / w.size)
-        if row["type"] == "conv3x3" and row["pruned"]:  # connectivity in blocks of 6 filters (the default)
+        if row["type"] == "conv3x3" and row["pruned"]:  # connectivity in blocks of 4 filters (--kernel-block)
             kept = (w != 0).any(axis=(2, 3))
-            assert all((kept[b: b + 6] == kept[b]).all() for b in range(0, len(kept), 6)), name
+            assert all((kept[b: b + 4] == kept[b]).all() for b in range(0, len(kept), 4)), name
         if row["type"] == "conv3x3" or not row["pruned"]:
             continue
         alpha = 8 if row["type"] == "pointwise" else 4
@@ -445,7 +445,6 @@ def test_prune_every_layer_type_writes_block_sparse_onnx(small_data, tmp_path, o
     [
         (["--pointwise", "0.5"], "alpha must be >= 1"),
         (["--linear", "classifier.9=2"], "rates given for linear layers that do not exist: ['classifier.9']"),
-        (["--kernel-block", "0"], "kernel_block must be an int >= 1"),
     ],
 )
 def test_bad_layer_options_fail_clearly_and_write_nothing(tmp_path, small_data, capsys, extra, message):
@@ -461,6 +460,13 @@ def test_block_option_parses_sizes_and_unstructured():
     for bad in ("0", "-2", "2.5", "big"):
         with pytest.raises(argparse.ArgumentTypeError, match="block must be an integer >= 1 or 'unstructured'"):
             parse_block(bad)
+
+
+def test_kernel_block_option_parses_sizes_and_auto():
+    assert parse_kernel_block("6") == 6 and parse_kernel_block("AUTO") == "auto"
+    for bad in ("0", "-1", "1.5", "wide"):
+        with pytest.raises(argparse.ArgumentTypeError, match="kernel block must be an integer >= 1 or 'auto'"):
+            parse_kernel_block(bad)
 
 
 def test_layer_options_are_checkpoint_settings_only_when_set():

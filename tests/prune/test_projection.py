@@ -81,9 +81,12 @@ def test_kernel_block_connectivity_is_the_nearest_point_with_as_many_groups(out,
     assert torch.equal(project_connectivity(w, keep, block), w * mask[:, :, None, None])
 
 
-def test_kernel_block_one_is_per_kernel_and_bad_blocks_are_named():
+def test_kernel_block_one_is_per_kernel_auto_blocks_wide_convs_and_bad_blocks_are_named():
     w = torch.randn(6, 5, 3, 3, generator=torch.Generator().manual_seed(0))
     assert torch.equal(connectivity_mask(w, 8, 1), connectivity_mask(w, 8))
+    assert torch.equal(connectivity_mask(w, 8, "auto"), connectivity_mask(w, 8))  # 5 input channels: per kernel
+    wide = torch.randn(12, 256, 3, 3, generator=torch.Generator().manual_seed(1))
+    assert torch.equal(connectivity_mask(wide, 853, "auto"), connectivity_mask(wide, 853, 6))
     for bad in (0, -2, 1.5, True, "6"):
         with pytest.raises(PatternError, match="kernel_block"):
             check_kernel_block(bad)

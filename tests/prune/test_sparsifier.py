@@ -285,10 +285,12 @@ def test_state_dict_round_trip_holds_every_layer_type():
         assert torch.equal(a.z, b.z) and torch.equal(a.u, b.u)
     with pytest.raises(ModelError, match="block 4"):
         make(8).prepare(copy.deepcopy(model)).load_state_dict(state)
-    assert state["kernel_block"] == 6
-    per_kernel = PatternSparsifier(LIB, pointwise=4.0, linear=2.0, depthwise_patterns=True, kernel_block=1)
-    with pytest.raises(ModelError, match="kernel_block 6"):
-        per_kernel.prepare(copy.deepcopy(model)).load_state_dict(state)
+    assert state["kernel_block"] == "auto"  # narrow convs: per kernel, so a state of kernel_block 1 fits
+    PatternSparsifier(LIB, pointwise=4.0, linear=2.0, depthwise_patterns=True, kernel_block=1).prepare(
+        copy.deepcopy(model)).load_state_dict(state)
+    blocked = PatternSparsifier(LIB, pointwise=4.0, linear=2.0, depthwise_patterns=True, kernel_block=2)
+    with pytest.raises(ModelError, match=r"kernel_block 'auto'.*would change structure"):
+        blocked.prepare(copy.deepcopy(model)).load_state_dict(state)
 
 
 @pytest.mark.parametrize("kernel_block", [1, 2, 4])

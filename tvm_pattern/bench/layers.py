@@ -1,9 +1,9 @@
 """``tvm-pattern bench``: every 3x3 conv of a suite, PyTorch dense vs TVM dense vs our pattern-sparse kernel.
 
 Weights are random, pruned to 8 patterns of 4 taps (a library extracted from the suite's own random
-kernels) and, at 8x, to 1/3.6 of each layer's kernels in blocks of ``KERNEL_BLOCK`` filters sharing their kept
-input channels (largest norm kept), as ``prune`` and ``bench --model`` do. All three sides run the same
-pruned weights at 224x224, batch 1.
+kernels) and, at 8x, to 1/3.6 of each layer's kernels (largest norm kept), in blocks of filters sharing their
+kept input channels where ``prune`` and ``bench --model`` use them (``sparsity.blocks.kernel_block_of``).
+All three sides run the same pruned weights at 224x224, batch 1.
 
 Measuring: PyTorch runs in a subprocess (its OpenMP threads and TVM's pool spin and disturb each other in
 one process), after the TVM phases, with pauses between phases; every number is a median of repeats.
@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import TvmPatternError
-from ..sparsity.blocks import KERNEL_BLOCK
+from ..sparsity.blocks import AUTO, kernel_block_of
 from ..sparsity.library import PatternLibrary, best_fit
 
 __all__ = ["SUITES", "Layer", "prune_suite", "run_bench", "run_tuned_bench"]
@@ -97,7 +97,8 @@ def prune_suite(layers: list[Layer], compression: float, seed: int = 0) -> tuple
         kernels = w.reshape(-1, 3, 3)
         kernels = kernels * library.patterns[best_fit(kernels, library.patterns)]
         if compression == 8.0:
-            kernels = kernels * _block_connectivity(kernels.reshape(w.shape), KERNEL_BLOCK).reshape(-1, 1, 1)
+            block = kernel_block_of(AUTO, w.shape[1])
+            kernels = kernels * _block_connectivity(kernels.reshape(w.shape), block).reshape(-1, 1, 1)
         pruned.append(kernels.reshape(w.shape).astype(np.float32))
     return pruned, library
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from ..sparsity.blocks import KERNEL_BLOCK
+from ..sparsity.blocks import AUTO, KERNEL_BLOCK, KERNEL_BLOCK_MIN_CHANNELS
 
 DATASETS = ("fashion-mnist",)
 
@@ -36,6 +36,19 @@ def parse_block(text: str) -> int | str:
         value = 0
     if value < 1:
         raise argparse.ArgumentTypeError(f"block must be an integer >= 1 or 'unstructured', got {text!r}")
+    return value
+
+
+def parse_kernel_block(text: str) -> int | str:
+    """``--kernel-block``: an int G >= 1 (filters sharing their kept input channels) or ``auto``."""
+    if text.strip().lower() == AUTO:
+        return AUTO
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"kernel block must be an integer >= 1 or {AUTO!r}, got {text!r}")
     return value
 
 
@@ -75,9 +88,10 @@ def add_prune_options(p: argparse.ArgumentParser) -> None:
         "or 'unstructured'",
     )  # fmt: skip
     p.add_argument(
-        "--kernel-block", type=int, default=KERNEL_BLOCK, metavar="G",
+        "--kernel-block", type=parse_kernel_block, default=AUTO, metavar="G",
         help=f"3x3 connectivity: blocks of G filters keep the same input channels, which the sparse Winograd "
-        f"kernel runs faster (default {KERNEL_BLOCK}; 1: each filter its own kernels)",
+        f"kernel runs faster; default auto: {KERNEL_BLOCK} for convs of at least {KERNEL_BLOCK_MIN_CHANNELS} input "
+        f"channels, else 1 (each filter its own kernels)",
     )  # fmt: skip
     p.add_argument("--prune-last", action="store_true", help="prune the classifier's last layer too (dense by default)")
     p.add_argument("--dense-epochs", type=float, default=5.0, help="epochs to train the dense model (default 5)")

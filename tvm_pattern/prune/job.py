@@ -16,7 +16,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from ..errors import ModelError, SpecError, TvmPatternError
-from ..sparsity.blocks import KERNEL_BLOCK
+from ..sparsity.blocks import AUTO
 from ..sparsity.library import PatternLibrary, candidate_patterns
 from . import artifacts, checkpoints, data, distributed, models, userspec
 from .projection import check_alpha, check_block, check_kernel_block
@@ -25,7 +25,7 @@ from .resume import Checkpointer
 from .sparsifier import PatternSparsifier
 
 DEFAULT_LAYER_OPTIONS = {"pointwise": None, "linear": None, "depthwise_patterns": False, "block": 4, "skip_last": True,
-                         "kernel_block": KERNEL_BLOCK}
+                         "kernel_block": AUTO}
 
 
 @dataclass
@@ -43,10 +43,10 @@ def _opt(args: argparse.Namespace, name: str, default=None):
     return getattr(args, name, default)
 
 
-def _kernel_block(args: argparse.Namespace) -> int:
-    """``--kernel-block`` (None: the default ``KERNEL_BLOCK``)."""
+def _kernel_block(args: argparse.Namespace) -> int | str:
+    """``--kernel-block`` (None: the default, ``"auto"``)."""
     value = _opt(args, "kernel_block")
-    return KERNEL_BLOCK if value is None else value
+    return AUTO if value is None else value
 
 
 def validate(args: argparse.Namespace) -> Inputs:

@@ -5,9 +5,9 @@ GPU-days on ADMM. The structures are the sparsifier's (``projection``); the reci
 
 * ``compression=8``: regular 3x3 convs keep one of 8 four-tap patterns extracted from the model's own kernels
   (2.25x) and 1/3.6 of their kernels (8x in all), in blocks of ``kernel_block`` filters sharing their kept input
-  channels (``projection.connectivity_mask``); 1x1 convs and linear layers 1/8 of their input columns in
-  blocks of ``block`` output channels; depthwise 3x3 convs one library pattern per channel (2.25x, the most
-  a 3x3 depthwise kernel gives with four taps).
+  channels (``projection.connectivity_mask``; "auto": 6 for convs of at least 256 input channels, else 1);
+  1x1 convs and linear layers 1/8 of their input columns in blocks of ``block`` output channels; depthwise
+  3x3 convs one library pattern per channel (2.25x, the most a 3x3 depthwise kernel gives with four taps).
 * ``compression=2.25``: patterns only for the 3x3 and depthwise convs, and 1x1 / linear at 2.25x, so the
   number means the same for every layer type.
 
@@ -30,7 +30,7 @@ import torch
 from torch import nn
 
 from ..errors import ModelError, TvmPatternError
-from ..sparsity.blocks import KERNEL_BLOCK
+from ..sparsity.blocks import AUTO
 from ..sparsity.library import PatternLibrary, candidate_patterns
 from .projection import (
     Block,
@@ -58,11 +58,11 @@ class Recipe:
     alpha: float
     block: Block
     types: frozenset[str]
-    kernel_block: int = KERNEL_BLOCK
+    kernel_block: int | str = AUTO
 
     @classmethod
     def of(cls, compression: float, block: Block = 4, prune_only: Collection[str] | None = None,
-           kernel_block: int = KERNEL_BLOCK) -> Recipe:
+           kernel_block: int | str = AUTO) -> Recipe:
         compression = float(compression)
         if compression not in COMPRESSIONS:
             raise TvmPatternError(f"compression must be 2.25 or 8, got {compression:g}")
@@ -71,7 +71,8 @@ class Recipe:
         if unknown or not types:
             raise TvmPatternError(f"prune_only: unknown layer type(s) {unknown}; choose from {list(TYPES)}")
         connectivity = CONNECTIVITY_8X if compression == 8.0 else None
-        return cls(compression, connectivity, compression, check_block(block), types, check_kernel_block(kernel_block))
+        return cls(compression, connectivity, compression, check_block(block), types,
+                   check_kernel_block(kernel_block))
 
     def project(self, kind: str, weight: torch.Tensor, patterns: torch.Tensor) -> torch.Tensor:
         """``weight`` (torch layout: (O, I, kh, kw) or (O, I)) projected onto ``kind``'s structure."""
@@ -146,7 +147,7 @@ def prune_torch(
     patterns: int = 8,
     skip_first: bool = True,
     skip_last: bool = True,
-    kernel_block: int = KERNEL_BLOCK,
+    kernel_block: int | str = AUTO,
 ) -> dict:
     """Prune ``model`` in place, one-shot, to the ``compression`` recipe (see the module docstring)."""
     recipe = Recipe.of(compression, block, prune_only, kernel_block)
@@ -175,7 +176,7 @@ def prune_onnx(
     patterns: int = 8,
     skip_first: bool = True,
     skip_last: bool = True,
-    kernel_block: int = KERNEL_BLOCK,
+    kernel_block: int | str = AUTO,
 ) -> dict:
     """Prune the conv / Gemm / MatMul weights (initialisers) of an ONNX file one-shot; write it to ``path_out``.
 

@@ -6,7 +6,8 @@
   The closest point keeps the ``keep`` kernels of largest L2 norm. With ``block`` G > 1 (``kernel_block``) the
   filters come in consecutive blocks of G that keep the same input channels: the closest point keeps the
   (block, channel) groups of largest L2 norm, about ``keep / G`` of them, so a Winograd GEMM's loaded input
-  vector feeds G filters (``schedules.winograd.sparse_block``).
+  vector feeds G filters (``schedules.winograd.sparse_block``). ``"auto"`` (the default): G = 6 for convs of
+  at least 256 input channels, the ones the compiler can run that way, else 1 (``sparsity.blocks``).
 * Block connectivity (1x1 convs, linear layers): output channels in consecutive blocks of G rows, every row
   of a block keeping the same ``keep`` input columns, so one input load feeds G accumulators in the kernel.
   The closest point keeps, per block, the columns of largest L2 norm over the block's rows. G = 1 lets each
@@ -21,6 +22,7 @@ import math
 import torch
 
 from ..errors import PatternError
+from ..sparsity.blocks import AUTO, kernel_block_of
 
 
 def pattern_choice(weight: torch.Tensor, patterns: torch.Tensor) -> torch.Tensor:
@@ -53,23 +55,26 @@ def kept_kernels(total: int, alpha: float) -> int:
     return max(1, round(total / check_alpha(alpha)))
 
 
-def check_kernel_block(block: int) -> int:
-    """``block`` if it is a valid filter block for 3x3 connectivity (an int >= 1)."""
+def check_kernel_block(block: int | str) -> int | str:
+    """``block`` if it is a valid filter block setting for 3x3 connectivity (an int >= 1, or ``"auto"``)."""
+    if block == AUTO:
+        return block
     if isinstance(block, bool) or not isinstance(block, int) or block < 1:
-        raise PatternError(f"kernel_block must be an int >= 1 (filters sharing their kept input channels), "
-                           f"got {block!r}")
+        raise PatternError(f"kernel_block must be an int >= 1 (filters sharing their kept input channels) or "
+                           f"{AUTO!r}, got {block!r}")
     return block
 
 
-def connectivity_mask(weight: torch.Tensor, keep: int, block: int = 1) -> torch.Tensor:
+def connectivity_mask(weight: torch.Tensor, keep: int, block: int | str = 1) -> torch.Tensor:
     """Boolean mask (O, I, 1, 1) keeping the ``keep`` kernels of largest L2 norm (ties: lowest index); with
     ``block`` > 1, the (block of ``block`` filters, input channel) groups of largest L2 norm, as many as hold
-    the nearest to ``keep`` kernels (at least one group; the last block may be shorter)."""
+    the nearest to ``keep`` kernels (at least one group; the last block may be shorter). ``"auto"``: the block
+    ``sparsity.blocks.kernel_block_of`` gives this conv's input channels."""
     energy = weight.detach().flatten(2).double().square().sum(-1)  # (O, I)
     out, cols = energy.shape
     if not 1 <= keep <= out * cols:
         raise PatternError(f"cannot keep {keep} of {out * cols} kernels")
-    rows = torch.arange(out, device=weight.device) // check_kernel_block(block)
+    rows = torch.arange(out, device=weight.device) // kernel_block_of(check_kernel_block(block), cols)
     groups = torch.zeros(int(rows[-1]) + 1, cols, dtype=energy.dtype, device=energy.device).index_add_(0, rows, energy)
     # A stable sort makes ties deterministic: equal norms keep the earlier kernel (group).
     order = torch.sort(-groups.flatten(), stable=True).indices
@@ -81,7 +86,7 @@ def connectivity_mask(weight: torch.Tensor, keep: int, block: int = 1) -> torch.
     return chosen.view(groups.shape)[rows].view(out, cols, 1, 1)
 
 
-def project_connectivity(weight: torch.Tensor, keep: int, block: int = 1) -> torch.Tensor:
+def project_connectivity(weight: torch.Tensor, keep: int, block: int | str = 1) -> torch.Tensor:
     """Closest tensor to ``weight`` with at most ``keep`` non-zero kernels (in filter blocks of ``block``)."""
     return weight * connectivity_mask(weight, keep, block)
 

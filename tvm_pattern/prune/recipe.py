@@ -22,7 +22,7 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from ..sparsity.blocks import KERNEL_BLOCK
+from ..sparsity.blocks import AUTO
 from ..sparsity.library import PatternLibrary, candidate_patterns
 from .distributed import Runtime
 from .projection import Block
@@ -55,7 +55,7 @@ class PruneConfig:
     depthwise_patterns: bool = False
     block: Block = 4  # output channels sharing their kept input columns (1x1 / linear), or "unstructured"
     skip_last: bool = True  # the classifier's last layer stays dense
-    kernel_block: int = KERNEL_BLOCK  # 3x3 connectivity: filters per block keeping the same input channels
+    kernel_block: int | str = AUTO  # 3x3 connectivity: filters per block keeping the same input channels
 
 
 @dataclass

@@ -31,7 +31,7 @@ from torch import nn
 from torch.nn.utils import prune
 
 from ..errors import ModelError, PatternError
-from ..sparsity.blocks import KERNEL_BLOCK
+from ..sparsity.blocks import AUTO, kernel_block_of
 from ..sparsity.library import PatternLibrary
 from . import distributed
 from .projection import (
@@ -147,7 +147,8 @@ class PatternSparsifier:
         block: output channels sharing their kept input columns (1x1 and linear), or ``"unstructured"``.
         skip_last: keep the classifier's last layer dense.
         kernel_block: 3x3 connectivity: filters in blocks of this many keep the same input channels (1: each
-            its own kernels); the sparse Winograd kernel runs such layers (``projection.connectivity_mask``).
+            its own kernels), which the sparse Winograd kernel runs; ``"auto"``: blocks of 6 for convs of at
+            least 256 input channels, else 1 (``sparsity.blocks.kernel_block_of``).
     """
 
     def __init__(
@@ -164,7 +165,7 @@ class PatternSparsifier:
         depthwise_patterns: bool = False,
         block: Block = 4,
         skip_last: bool = True,
-        kernel_block: int = KERNEL_BLOCK,
+        kernel_block: int | str = AUTO,
     ) -> None:
         for rate in (connectivity, pointwise, linear):
             for alpha in _alphas(rate):
@@ -258,9 +259,13 @@ class PatternSparsifier:
             raise ModelError(f"ADMM state for layers {sorted(state['layers'])}, the sparsifier prunes {sorted(names)}")
         if state.get("block", self.block) != self.block:
             raise ModelError(f"ADMM state made with block {state['block']!r}, the sparsifier has {self.block!r}")
-        if state.get("kernel_block", 1) != self.kernel_block:  # states from before kernel blocks: per kernel
-            raise ModelError(f"ADMM state made with kernel_block {state.get('kernel_block', 1)!r}, "
-                             f"the sparsifier has {self.kernel_block!r}")  # fmt: skip
+        saved_block = state.get("kernel_block", 1)  # states from before kernel blocks: per kernel
+        for layer in self.layers:
+            channels = layer.module.weight.shape[1]
+            if layer.y is not None and kernel_block_of(saved_block, channels) != kernel_block_of(self.kernel_block,
+                                                                                                  channels):
+                raise ModelError(f"ADMM state made with kernel_block {saved_block!r}, the sparsifier has "
+                                 f"{self.kernel_block!r}: {layer.name!r} would change structure")  # fmt: skip
         for layer in self.layers:
             saved, device = state["layers"][layer.name], layer.module.weight.device
             if (saved["keep"] != layer.keep or saved.get("kind", "conv3x3") != layer.kind

@@ -24,14 +24,26 @@ import numpy as np
 
 from ..errors import TvmPatternError
 
-__all__ = ["GROUPS", "INDEX_COST", "KERNEL_BLOCK", "BlockSparse", "as_matrix", "block_columns", "cost", "detect",
-           "pack", "unpack"]
+__all__ = ["AUTO", "GROUPS", "INDEX_COST", "KERNEL_BLOCK", "KERNEL_BLOCK_MIN_CHANNELS", "BlockSparse", "as_matrix",
+           "block_columns", "cost", "detect", "kernel_block_of", "pack", "unpack"]
 
 GROUPS = (16, 8, 4, 2, 1)  # candidate block heights, tried by ``detect``
 INDEX_COST = 2.0  # modelled cost of one kept column's index and loop step, in MACs per output position
-# 3x3 convs: filters per block sharing their kept input channels (kernel connectivity), the pruner's default:
-# the sparse Winograd kernel's 6-filter register block (``kernels.winograd_conv2d``)
+# 3x3 convs: filters per block sharing their kept input channels (kernel connectivity). The pruner's default,
+# "auto", blocks of KERNEL_BLOCK (the sparse Winograd kernel's 6-filter register block) for convs of at least
+# KERNEL_BLOCK_MIN_CHANNELS input channels, the narrowest the compiler runs as sparse Winograd
+# (``schedules.winograd``); narrower convs keep their kernels one by one, the finer (more accurate) structure.
 KERNEL_BLOCK = 6
+KERNEL_BLOCK_MIN_CHANNELS = 256
+AUTO = "auto"
+
+
+def kernel_block_of(setting: int | str, in_channels: int) -> int:
+    """The filter block a 3x3 conv of ``in_channels`` inputs is pruned in, for a ``kernel_block`` setting (an int,
+    or ``"auto"``: see ``KERNEL_BLOCK``)."""
+    if setting != AUTO:
+        return int(setting)
+    return KERNEL_BLOCK if in_channels >= KERNEL_BLOCK_MIN_CHANNELS else 1
 
 
 @dataclass(frozen=True)
