@@ -12,11 +12,12 @@ The rule, from interleaved A/B on a 2-vCPU AVX2 (Zen 3) VM, 2 threads, VGG-16's 
   layers on small maps with AVX-512's 32, measured 1.1-1.25x on Zen 4);
 - connectivity-sparse layers (``sparse_block``): filters in blocks sharing their kept input channels (pruned with
   ``kernel_block``) run the GEMM over the kept channels only. Interleaved against the pattern kernel at 8x
-  (8 patterns, kernels kept in blocks of 6 filters, ReLU, medians of 9, 2 threads, AVX2 Zen 3): 1.21-1.34x at
-  256@28, 512@28, 256@14, 512@14 (input channels @ side), 1.04x at 256@56, but 0.69-0.9x at 64@56, 128@56,
-  0.80x at 128@28, 0.62x at 128@14 (the transforms outweigh a short GEMM) and 0.77x at 512@7 (4 tiles, half
-  padding); hence at least ``SPARSE_MIN_CHANNELS`` input channels and sides from ``MIN_SIDE`` to
-  ``SPARSE_MAX_SIDE``, blocks at least ``MIN_FILL`` full;
+  (8 patterns, kernels kept in blocks of 6 filters, ReLU, medians of 9-15, 2 threads, AVX2 Zen 3, 2-5 runs):
+  512@28 1.34-1.78x, 512@14 1.31-1.71x, 256@28 1.30-1.35x (input channels @ side), 256@14 0.82-1.25x (a 0.3 ms
+  layer, mostly 1.14-1.25x), 256@56 0.91-1.04x, but 0.69-0.9x at 64@56, 128@56, 0.80x at 128@28, 0.62x at
+  128@14 (the transforms outweigh a short GEMM) and 0.77x at 512@7 (4 tiles, half padding); hence at least
+  ``SPARSE_MIN_CHANNELS`` input channels and sides from ``MIN_SIDE`` to ``SPARSE_MAX_SIDE``, blocks at least
+  ``MIN_FILL`` full;
 - x86 only. The arm_cpu (NEON) and Mali templates keep the direct kernels: their speed cannot be measured
   here (emulated phone, PoCL), and NEON's 4-lane vectors would need their own register block.
 """

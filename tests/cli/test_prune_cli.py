@@ -479,3 +479,6 @@ def test_layer_options_are_checkpoint_settings_only_when_set():
     assert not {"pointwise", "linear", "block", "depthwise_patterns", "skip_last"} & set(plain)  # old checkpoints
     layered = job.settings(parser.parse_args(["--out", "x", "--pointwise", "8", "--block", "unstructured"]), 1)
     assert layered["pointwise"] == 8.0 and layered["block"] == "unstructured"
+    # per-kernel checkpoints from before --kernel-block resume with --kernel-block 1, are refused by default
+    assert plain["kernel_block"] == "auto"
+    assert "kernel_block" not in job.settings(parser.parse_args(["--out", "x", "--kernel-block", "1"]), 1)

@@ -130,6 +130,8 @@ def test_sparse_knobs_take_the_block():
     assert (knobs.mr, knobs.nv, knobs.lanes) == (4, 2, 4)
     with pytest.raises(TvmPatternError, match="mr must be its block"):
         winograd_conv2d(np.ones((8, 3, 3, 3), np.float32), (1, 3, 8, 8), knobs=WinogradKnobs(6, 2, 8), block=4)
+    with pytest.raises(TvmPatternError, match="block must be >= 0"):
+        winograd_conv2d(np.ones((8, 3, 3, 3), np.float32), (1, 3, 8, 8), block=-6)
 
 
 def test_tall_block_default_numerics():

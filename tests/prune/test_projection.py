@@ -59,7 +59,7 @@ def test_connectivity_projection_keeps_the_largest_kernels(shape, alpha, seed):
 @settings(max_examples=30, deadline=None)
 @given(out=st.integers(1, 7), cols=st.integers(1, 4), block=st.integers(2, 4), alpha=st.floats(1.0, 4.0),
        seed=st.integers(0, 2**31 - 1))  # fmt: skip
-def test_kernel_block_connectivity_is_the_nearest_point_with_as_many_groups(out, cols, block, alpha, seed):
+def test_kernelblock_connectivity_is_the_nearest_point_with_as_many_groups(out, cols, block, alpha, seed):
     """Blocks of ``block`` filters keep the same input channels, about ``keep`` kernels' worth; among every
     choice of that many (block, channel) groups, the projection is the nearest to ``w`` (brute force)."""
     w = torch.randn(out, cols, 3, 3, generator=torch.Generator().manual_seed(seed))
@@ -189,3 +189,14 @@ def test_block_mask_bad_input_is_named():
         block_mask(torch.randn(4, 4), 5, 2)
     with pytest.raises(PatternError, match="alpha must be >= 1"):
         kept_columns((4, 4), 0.5, 4)
+
+
+@settings(max_examples=20, deadline=None)
+@given(out=st.integers(1, 20), cols=st.integers(1, 9), block=st.integers(1, 7), seed=st.integers(0, 2**31 - 1))
+def test_bench_suite_numpy_copy_matches_the_projection(out, cols, block, seed):
+    """``bench.layers`` prunes its suites in numpy (that process does not load torch): the same kernels."""
+    from tvm_pattern.bench.layers import CONNECTIVITY, block_connectivity
+
+    w = torch.randn(out, cols, 3, 3, generator=torch.Generator().manual_seed(seed))
+    want = connectivity_mask(w, kept_kernels(out * cols, CONNECTIVITY), block)[:, :, 0, 0].numpy()
+    assert np.array_equal(block_connectivity(w.numpy(), block), want)

@@ -28,7 +28,7 @@ from ..errors import TvmPatternError
 from ..sparsity.blocks import AUTO, kernel_block_of
 from ..sparsity.library import PatternLibrary, best_fit
 
-__all__ = ["SUITES", "Layer", "prune_suite", "run_bench", "run_tuned_bench"]
+__all__ = ["SUITES", "Layer", "block_connectivity", "prune_suite", "run_bench", "run_tuned_bench"]
 
 CONNECTIVITY = 3.6
 PAUSE_S = 1.0
@@ -98,12 +98,12 @@ def prune_suite(layers: list[Layer], compression: float, seed: int = 0) -> tuple
         kernels = kernels * library.patterns[best_fit(kernels, library.patterns)]
         if compression == 8.0:
             block = kernel_block_of(AUTO, w.shape[1])
-            kernels = kernels * _block_connectivity(kernels.reshape(w.shape), block).reshape(-1, 1, 1)
+            kernels = kernels * block_connectivity(kernels.reshape(w.shape), block).reshape(-1, 1, 1)
         pruned.append(kernels.reshape(w.shape).astype(np.float32))
     return pruned, library
 
 
-def _block_connectivity(weight: np.ndarray, block: int) -> np.ndarray:
+def block_connectivity(weight: np.ndarray, block: int) -> np.ndarray:
     """(O, C) mask keeping 1/``CONNECTIVITY`` of the kernels as whole (block of ``block`` filters, channel) groups
     of largest L2 norm: ``prune.projection.connectivity_mask`` in numpy (this process does not load torch)."""
     o, c = weight.shape[:2]
@@ -151,7 +151,8 @@ def _compile_prim(func, target):
 
 def _sparse_layer(layer: Layer, weight: np.ndarray, library, target, relu: bool = False, winograd: bool = True):
     """(compiled fn, argument tensors) for our kernel on a random input: the one ``compile`` runs (the provider's
-    default: Winograd at pattern-only densities), or with ``winograd`` off the pattern kernel (the tuned template).
+    default: Winograd at pattern-only densities or on block-pruned wide layers), or with ``winograd`` off the pattern
+    kernel (the tuned template).
     """
     import tvm
 

@@ -20,7 +20,7 @@ OP_TYPES: tuple[tuple[str, str], ...] = (
     ("depthwise conv (our pattern kernel)", r"^pattern_depthwise"),  # passes.PatternDepthwiseConv2d
     ("conv2d 1x1 (our block-sparse kernel)", r"^block_sparse_conv1x1"),  # passes.BlockSparseDense
     ("dense (our block-sparse kernel)", r"^block_sparse_linear"),
-    ("Winograd conv (our kernel)", r"^winograd_conv2d"),  # schedules.winograd's layers (pattern-only or dense)
+    ("Winograd conv (our kernel)", r"^winograd_conv2d"),  # schedules.winograd's (dense or block-sparse)
     ("pattern conv (our kernel)", r"pattern_conv2d|sparse_conv|pattern_sparse"),
     ("conv2d (our dense kernel)", r"^dense_conv2d"),  # passes.DenseKernels' kernels (args are not conv2d's)
     ("depthwise conv (our dense kernel)", r"^dense_depthwise"),

@@ -36,8 +36,8 @@ def register(sub) -> None:
                    "FILE.onnx, on ours, PyTorch, ONNX Runtime, OpenVINO and DeepSparse (`make peers` installs the "
                    "peers)")  # fmt: skip
     p.add_argument("--compression", type=_compression, default=None,
-                   help="2.25: patterns only; 8: patterns + 3.6x connectivity in blocks of 6 filters (the --suite "
-                        "default); none: dense "
+                   help="2.25: patterns only; 8: patterns + 3.6x connectivity, in blocks of 6 filters for convs "
+                        "of >= 256 input channels (the --suite default); none: dense "
                         "(the --model default). --model: one-shot, every layer type (8: 1x1 / FC 8x in blocks "
                         "of 4, depthwise patterns; 2.25: 1x1 / FC 2.25x; first conv and last FC dense)")  # fmt: skip
     p.add_argument("--json", help="write the measurements to this JSON file (--model: and a .png of the op shares)")

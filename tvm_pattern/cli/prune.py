@@ -90,8 +90,9 @@ def add_prune_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--kernel-block", type=parse_kernel_block, default=AUTO, metavar="G",
         help=f"3x3 connectivity: blocks of G filters keep the same input channels, which the sparse Winograd "
-        f"kernel runs faster; default auto: {KERNEL_BLOCK} for convs of at least {KERNEL_BLOCK_MIN_CHANNELS} input "
-        f"channels, else 1 (each filter its own kernels)",
+        f"kernel runs faster on x86 (G a multiple of 6 or 4; stride 1, maps 8x8 to 28x28); default auto: "
+        f"{KERNEL_BLOCK} for convs of at least {KERNEL_BLOCK_MIN_CHANNELS} input channels, else 1 (each filter its "
+        f"own kernels)",
     )  # fmt: skip
     p.add_argument("--prune-last", action="store_true", help="prune the classifier's last layer too (dense by default)")
     p.add_argument("--dense-epochs", type=float, default=5.0, help="epochs to train the dense model (default 5)")

@@ -1,10 +1,11 @@
-"""Dense 3x3 stride-1 conv2d by Winograd F(4x4, 3x3), NCHW fp32: for layers whose kernels keep most taps.
+"""3x3 stride-1 conv2d by Winograd F(4x4, 3x3), NCHW fp32: dense, or connectivity-sparse in filter blocks.
 
 Why: F(4x4, 3x3) gets a 4x4 output tile from a 6x6 input tile with 36 multiplies per (input, output) channel
 pair instead of 144, so 2.25 MACs per output and channel pair against 9 for a dense direct conv and 4 for a
 4-tap pattern kernel. The transformed weights are dense (pattern zeros do not survive the transform), so it
 only pays for a pattern-sparse layer when the pattern kernel's extra MACs outweigh the transforms: at the
-pattern-only densities (4/9), not at 8x. What oneDNN and DeepSparse run for such layers.
+pattern-only densities (4/9), not at 8x (unless connectivity-sparse, below). What oneDNN and DeepSparse run for
+such layers.
 
 The stages, per image, each a parallel loop of one PrimFunc (the workspaces come from TVM's workspace pool)::
 
@@ -13,7 +14,7 @@ The stages, per image, each a parallel loop of one PrimFunc (the workspaces come
     M[xi, o, t]   = sum_c U[xi, o, c] * V[xi, c, t], U = G g G^T packed [xi, ob, c, m]   (parallel over xi)
     Q[o, y, x]    = A^T M_t A (+ bias, activation) for every tile, then out = Q's OH x OW window   (over filters)
 
-Connectivity-sparse (``sparse=True``): filters in blocks of ``MR`` share the union of their kept input channels
+Connectivity-sparse (``block=MR``): filters in blocks of ``MR`` share the union of their kept input channels
 (``BlockCsr``), and the GEMM walks only those: ``M[xi, o, t] = sum_{c in kept(block of o)} U[xi, o, c] V[xi, c, t]``.
 A dropped 3x3 kernel is a zero in all 36 products, so connectivity pruning survives the transform (pattern zeros do
 not). It pays when the kept kernels fill their blocks (weights pruned in blocks of ``MR`` filters sharing their
@@ -25,7 +26,7 @@ transforms are vectorized over the tiles of a tile row (stride-4 input reads, co
 GEMM keeps an ``MR`` filters x ``NV`` vectors of tiles accumulator block in registers; per input channel it
 loads ``NV`` vectors of ``V`` and broadcasts ``MR`` weights of ``U`` (packed in the order they are used), and
 ``V``'s ``C x NR`` panel stays in L1 while every filter block streams its weights.
-Call: ``func(data, u, [bias], out)``; ``arrays = (u[, bias])``.
+Call: ``func(data, [residual], u, [boff, bch], [bias], out)``; ``arrays = (u[, boff, bch][, bias])``.
 """
 
 from __future__ import annotations
@@ -395,7 +396,6 @@ def _source(g: WinogradGeometry, kn: WinogradKnobs, bias: bool, residual: bool, 
     return "\n".join(lines) + "\n"
 
 
-
 def sparse_knobs(weight_shape, data_shape, padding, csr: BlockCsr) -> WinogradKnobs:
     """The connectivity-sparse kernel's knobs: ``csr.mr`` filters x 2 vectors of tiles (``default_knobs``' rules
     for lanes, loop order and chunks, on the kept weights)."""
@@ -420,6 +420,8 @@ def winograd_conv2d(weight: np.ndarray, data_shape, padding=(1, 1, 1, 1), bias: 
     weight = np.asarray(weight, np.float32)
     if weight.ndim != 4:
         raise TvmPatternError(f"weight must be (O, C, 3, 3), got shape {weight.shape}")
+    if block < 0:
+        raise TvmPatternError(f"block must be >= 0 (0: dense), got {block}")
     csr = block_csr(weight, block) if block > 0 else None
     if csr is None:
         knobs = knobs or default_knobs(weight.shape, data_shape, padding, registers)

@@ -24,8 +24,11 @@ from .recipe import PruneConfig, prune, train_dense
 from .resume import Checkpointer
 from .sparsifier import PatternSparsifier
 
+# What checkpoints made before each option existed did: an option at this value is left out of their settings, so
+# they still resume (kernel_block: per kernel, so the default "auto" is recorded and an old checkpoint is refused
+# with a clear message; --kernel-block 1 resumes it)
 DEFAULT_LAYER_OPTIONS = {"pointwise": None, "linear": None, "depthwise_patterns": False, "block": 4, "skip_last": True,
-                         "kernel_block": AUTO}
+                         "kernel_block": 1}
 
 
 @dataclass

@@ -2,7 +2,8 @@
 
 * Pattern set S: every 3x3 kernel keeps exactly the taps of one library pattern.
   The closest point keeps, per kernel, the pattern holding the most L2 norm.
-* Connectivity set S': at most ``keep`` non-zero kernels per layer.
+* Connectivity set S': at most ``keep`` non-zero kernels per layer (with blocks: the nearest whole number of
+  groups to ``keep`` kernels, which may exceed it by less than a block).
   The closest point keeps the ``keep`` kernels of largest L2 norm. With ``block`` G > 1 (``kernel_block``) the
   filters come in consecutive blocks of G that keep the same input channels: the closest point keeps the
   (block, channel) groups of largest L2 norm, about ``keep / G`` of them, so a Winograd GEMM's loaded input
@@ -87,7 +88,8 @@ def connectivity_mask(weight: torch.Tensor, keep: int, block: int | str = 1) -> 
 
 
 def project_connectivity(weight: torch.Tensor, keep: int, block: int | str = 1) -> torch.Tensor:
-    """Closest tensor to ``weight`` with at most ``keep`` non-zero kernels (in filter blocks of ``block``)."""
+    """Closest tensor to ``weight`` with at most ``keep`` non-zero kernels, or in filter blocks of ``block`` about
+    ``keep`` (``connectivity_mask``)."""
     return weight * connectivity_mask(weight, keep, block)
 
 
