@@ -26,30 +26,27 @@ def parse_connectivity(text: str) -> float | dict[str, float | None] | None:
     return {name.strip(): one(value) for name, value in pairs}
 
 
-def parse_block(text: str) -> int | str:
-    """``--block``: an int G >= 1 (output channels sharing their kept inputs) or ``unstructured``."""
-    if text.strip().lower() == "unstructured":
-        return "unstructured"
+def _size_or_word(text: str, word: str, what: str) -> int | str:
+    """An int >= 1, or ``word`` (any case); ``ArgumentTypeError`` naming ``what`` otherwise."""
+    if text.strip().lower() == word:
+        return word
     try:
         value = int(text)
     except ValueError:
         value = 0
     if value < 1:
-        raise argparse.ArgumentTypeError(f"block must be an integer >= 1 or 'unstructured', got {text!r}")
+        raise argparse.ArgumentTypeError(f"{what} must be an integer >= 1 or {word!r}, got {text!r}")
     return value
+
+
+def parse_block(text: str) -> int | str:
+    """``--block``: an int G >= 1 (output channels sharing their kept inputs) or ``unstructured``."""
+    return _size_or_word(text, "unstructured", "block")
 
 
 def parse_kernel_block(text: str) -> int | str:
     """``--kernel-block``: an int G >= 1 (filters sharing their kept input channels) or ``auto``."""
-    if text.strip().lower() == AUTO:
-        return AUTO
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"kernel block must be an integer >= 1 or {AUTO!r}, got {text!r}")
-    return value
+    return _size_or_word(text, AUTO, "kernel block")
 
 
 def add_prune_options(p: argparse.ArgumentParser) -> None:

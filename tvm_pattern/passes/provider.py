@@ -74,9 +74,7 @@ def runs_winograd(layer: ConvLayer | DenseLayer) -> bool:
     kernels."""
     target = _target(layer)
     if isinstance(layer, ConvLayer):
-        shape = (layer.packed.out_channels, layer.packed.in_channels, 3, 3)
-        dense = winograd.unsuited(shape, layer.data_shape, layer.strides, density(layer.packed), target) is None
-        return dense or sparse_winograd_block(layer) > 0
+        return _winograd_block(layer) is not None
     return layer.op == "conv2d" and winograd.unsuited(layer.weight.shape, layer.data_shape, layer.strides, 1.0,
                                                       target) is None  # fmt: skip
 
@@ -84,13 +82,19 @@ def runs_winograd(layer: ConvLayer | DenseLayer) -> bool:
 def sparse_winograd_block(layer: ConvLayer) -> int:
     """Filters per block if ``layer`` runs as connectivity-sparse Winograd (``schedules.winograd.sparse_block``),
     else 0; a layer dense enough for the dense Winograd kernel takes that one."""
+    return _winograd_block(layer) or 0
+
+
+def _winograd_block(layer: ConvLayer) -> int | None:
+    """How ``layer`` runs as Winograd: 0 dense, G > 0 connectivity-sparse in blocks of G; None: it does not."""
     target = _target(layer)
     shape = (layer.packed.out_channels, layer.packed.in_channels, 3, 3)
     if winograd.unsuited(shape, layer.data_shape, layer.strides, density(layer.packed), target) is None:
         return 0
     if winograd.unsuited(shape, layer.data_shape, layer.strides, 1.0, target) is not None:
-        return 0  # cheap checks first: unpacking the weight is not
-    return winograd.sparse_block(unpack(layer.packed), layer.data_shape, layer.strides, target)[0]
+        return None  # cheap checks first: unpacking the weight is not
+    block = winograd.sparse_block(unpack(layer.packed), layer.data_shape, layer.strides, target)[0]
+    return block if block > 0 else None
 
 
 def _target(layer: ConvLayer | DenseLayer) -> Target | None:
@@ -108,12 +112,12 @@ class DefaultKernels:
         self.config = config
 
     def kernel(self, layer: ConvLayer) -> ProvidedKernel:
-        use_winograd = self.config is None and runs_winograd(layer)
+        block = None if self.config is not None else _winograd_block(layer)  # one look at the weight per layer
+        use_winograd = block is not None
         pooled = not use_winograd and layer.pool and _fuses_pool(layer)
         if use_winograd:  # its arrays hold the bias already
             kernel = winograd.conv2d(unpack(layer.packed), layer.data_shape, layer.padding, layer.bias,
-                                     "relu" if layer.relu else None, target=layer.target,
-                                     block=sparse_winograd_block(layer))  # fmt: skip
+                                     "relu" if layer.relu else None, target=layer.target, block=block)  # fmt: skip
             arrays = tuple(kernel.arrays)
         else:
             args = (layer.packed, layer.data_shape, layer.strides, layer.padding)
